@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both do all set-up.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO_SRC := protos/offerdesk/v1/offerdesk.proto
+PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py
+
+.PHONY: setup proto demo test lint clean
+
+setup: $(STAMP) $(PROTO_OUT)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Generated code is produced here from protos/, never edited by hand (and never committed).
+$(PROTO_OUT): $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos $(PROTO_SRC)
+
+proto: $(PROTO_OUT)
+
+demo: setup
+	$(VENV)/bin/offerdesk demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check service explain audit console_adapters tests
+	$(VENV)/bin/ruff format --check service explain audit console_adapters tests
+	$(VENV)/bin/mypy service explain audit
+
+clean:
+	rm -rf var .pytest_cache catboost_info
