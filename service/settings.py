@@ -1,0 +1,131 @@
+"""Settings: one object built once at start-up (file + OFFERDESK_* environment), passed down.
+
+Nothing below the CLI reads the environment. Secrets are read from files under the data
+directory (created on first start) or from the environment, and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretBytes, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class Secrets(BaseModel):
+    """Keys for keyed hashes. Losing them breaks holdout stability and ticket-hash lookups."""
+
+    model_config = {"frozen": True}
+
+    #: keys ticket ids, request keys and billing transaction ids (HMAC-SHA256, domain separated)
+    hash_key: SecretBytes
+    #: keys the holdout bucket of a customer; kept apart so it can be rotated on its own
+    holdout_key: SecretBytes
+
+
+class Settings(BaseSettings):
+    """Everything the service, CLI and demo are configured by."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OFFERDESK_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: gRPC listen address: loopback only unless an operator says otherwise
+    listen: str = "127.0.0.1:50051"
+    #: worker threads of the gRPC server
+    workers: int = Field(default=8, ge=1, le=256)
+    #: how often the in-memory profile copy is refreshed from the profile source
+    profile_refresh_seconds: float = Field(default=60.0, gt=0)
+    #: how often the server checks whether the active model or catalog changed
+    reload_poll_seconds: float = Field(default=2.0, gt=0)
+    #: profile source: a DuckDB relation (Parquet, CSV, or any attached database) for each table;
+    #: default: the simulator's Parquet files under data_dir/profiles
+    profiles_path: Path | None = None
+    identities_path: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    # -- derived paths (one place that names every file the service owns) -----------------
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.duckdb"
+
+    @property
+    def vault_path(self) -> Path:
+        return self.data_dir / "vault.sqlite"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.data_dir / "profiles"
+
+    @property
+    def profiles_source(self) -> Path:
+        return self.profiles_path or self.profile_dir / "customers.parquet"
+
+    @property
+    def identities_source(self) -> Path:
+        return self.identities_path or self.profile_dir / "identities.parquet"
+
+    def load_secrets(self) -> Secrets:
+        """Read the hash keys from the environment or from files, creating the files once."""
+        return Secrets(
+            hash_key=_secret(self.secrets_dir / "hash.key", "OFFERDESK_HASH_KEY"),
+            holdout_key=_secret(self.secrets_dir / "holdout.key", "OFFERDESK_HOLDOUT_KEY"),
+        )
+
+
+def _secret(path: Path, env_name: str) -> bytes:
+    raw = os.environ.get(env_name)
+    if raw:
+        return bytes.fromhex(raw)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: explicit overrides > OFFERDESK_* environment > YAML file > defaults."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: settings file must be a mapping")
+        file_values = loaded
+    env = Settings()  # environment and defaults
+    merged = {**file_values, **env.model_dump(exclude_unset=True), **overrides}
+    return Settings(**merged)
