@@ -1,0 +1,505 @@
+"""The audit log writer: one DuckDB file, one writer thread, durable before acknowledged.
+
+Submissions are grouped: the writer takes everything waiting, chains it from the committed
+head and commits it in one transaction (one WAL fsync), and only then resolves the futures.
+It must never acknowledge a record that COMMIT has not returned for, never extend a head it
+is unsure of, and never run DDL beyond the initial CREATE TABLE (no indexes, no keys).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+
+from audit.errors import AuditCorrupt, AuditError, AuditLocked, AuditWriteError
+from audit.records import (
+    GENESIS_HASH,
+    NewRecord,
+    PreparedRecord,
+    StoredRecord,
+    chain_hash,
+    check_kind,
+    encode_time,
+    prepare,
+)
+
+TABLE = "audit_records"
+COLUMNS = ("seq", "kind", "recorded_at", "subject", "ref", "record", "prev_hash", "hash")
+# A plain append-only table: DuckDB's known WAL-replay failures involve index DDL, and
+# nothing here needs an index (the hot path only appends; reads are cold scans).
+# recorded_at is naive UTC; `record` is the canonical JSON text exactly as hashed.
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+  seq BIGINT NOT NULL,
+  kind VARCHAR NOT NULL,
+  recorded_at TIMESTAMP NOT NULL,
+  subject VARCHAR,
+  ref VARCHAR,
+  record VARCHAR NOT NULL,
+  prev_hash BLOB NOT NULL,
+  hash BLOB NOT NULL
+)"""
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
+# Rows per read query when streaming: bounded memory for start-up scans of large logs.
+_SCAN_PAGE_ROWS = 4096
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in .*?\(PID \d+\)[^.]*")
+
+# One AuditStore per file per process. DuckDB happily gives a second connection in the same
+# process to an open file, and two writers would each extend their own head: a forked chain.
+_open_paths: set[Path] = set()
+_open_paths_lock = threading.Lock()
+
+
+def connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB audit file, turning lock conflicts into AuditLocked with a clear message."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "Could not set lock" not in str(exc):
+            raise AuditError(f"cannot open audit log {path}: {exc}") from exc
+        holder = _LOCK_HOLDER.search(str(exc))
+        raise AuditLocked(
+            f"audit log {path} is held by another process, normally the running offerdesk "
+            f"service ({holder.group(0) if holder else exc}). DuckDB lets only one process "
+            "open the file, even read-only, so verification and queries must go through the "
+            "service or a Parquet export of the log."
+        ) from exc
+    except duckdb.ConnectionException as exc:
+        if "different configuration" not in str(exc):
+            raise AuditError(f"cannot open audit log {path}: {exc}") from exc
+        raise AuditLocked(
+            f"audit log {path} is open for writing in this process (an AuditStore); "
+            "query it through that store or verify a Parquet export."
+        ) from exc
+    except duckdb.Error as exc:
+        # Typically a WAL that fails to replay. The .wal file may hold committed records:
+        # it must be copied aside and investigated, never deleted to get the service up.
+        raise AuditCorrupt(
+            f"cannot open audit log {path}: {exc}. Do not delete {path}.wal: "
+            "it may hold committed records."
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """What the writer has done since open (for metrics)."""
+
+    batches: int = 0
+    rows: int = 0
+    failed_batches: int = 0
+    last_batch_rows: int = 0
+    last_commit_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Submission:
+    records: list[PreparedRecord]
+    future: Future[list[StoredRecord]]
+
+
+class AuditStore:
+    """The append-only, hash-chained audit log in one DuckDB file. Use ``AuditStore.open``."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        path: Path,
+        head: tuple[int, bytes],
+        max_batch_rows: int,
+    ) -> None:
+        self._con = con
+        self._path = path
+        self._max_batch_rows = max_batch_rows
+        # Replaced as a whole tuple, so a reader never sees a count from one batch and a hash
+        # from another.
+        self._head = head
+        self._stats = WriterStats()
+        self._appender: duckdb.Appender | None = None  # used by the writer thread only
+        self._queue: collections.deque[_Submission] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._failure: AuditWriteError | None = None
+        self._close_lock = threading.Lock()
+        self._closed = False
+        # Reads use their own connections (cursors), never the writer's, so a slow scan
+        # cannot sit between a BEGIN and its COMMIT.
+        self._read_lock = threading.Lock()
+        self._reader = con.cursor()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, path: Path, *, max_batch_rows: int = 1024) -> AuditStore:
+        """Open or create the log at ``path`` and start its writer thread."""
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be at least 1")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = path.resolve()
+        with _open_paths_lock:
+            if key in _open_paths:
+                raise AuditLocked(
+                    f"audit log {path} is already open in this process; one AuditStore per "
+                    "file, or two writers would fork the chain"
+                )
+            _open_paths.add(key)
+        try:
+            con = connect(path, read_only=False)
+            try:
+                head = _read_head(con, path)
+            except BaseException:
+                con.close()
+                raise
+        except BaseException:
+            with _open_paths_lock:
+                _open_paths.discard(key)
+            raise
+        return cls(con, key, head, max_batch_rows)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[NewRecord]) -> Future[list[StoredRecord]]:
+        """Queue records for the next group commit; the future resolves once they are durable.
+
+        Records are encoded here, in the caller's thread: a record that cannot be encoded
+        raises TypeError/ValueError now and nothing of the submission is queued. Raises
+        AuditWriteError at once if the store is closed or its connection is broken. The
+        future's result is the stored records, contiguous and in submission order; its
+        exception is AuditWriteError when the batch did not commit.
+        """
+        prepared = [prepare(record) for record in records]
+        future: Future[list[StoredRecord]] = Future()
+        if not prepared:
+            future.set_result([])
+            return future
+        with self._cond:
+            if self._failure is not None:
+                raise AuditWriteError(f"audit store is broken: {self._failure}") from self._failure
+            if self._closing:
+                raise AuditWriteError("audit store is closed")
+            self._queue.append(_Submission(prepared, future))
+            self._cond.notify()
+        return future
+
+    def append(self, records: Sequence[NewRecord]) -> list[StoredRecord]:
+        """Submit and wait until the records are committed; return them as stored."""
+        return self.submit(records).result()
+
+    def head(self) -> tuple[int, bytes]:
+        """(number of committed records, hash of the last one or 32 zero bytes)."""
+        return self._head
+
+    def stats(self) -> WriterStats:
+        """Counters of the writer since open."""
+        return self._stats
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closing, and everything submitted has been handled
+                batch = self._take_batch()
+            # Outside the condition: submitters keep queueing (the next batch) while this
+            # one waits for its fsync.
+            if not batch:
+                continue
+            try:
+                self._commit(batch)
+            except BaseException as exc:
+                # A bug in the writer must not leave callers waiting forever on futures.
+                self._break(f"the writer failed unexpectedly: {exc!r}", exc)
+                assert self._failure is not None
+                self._fail(batch, self._failure)
+
+    def _take_batch(self) -> list[_Submission]:
+        batch: list[_Submission] = []
+        rows = 0
+        while self._queue and (
+            not batch or rows + len(self._queue[0].records) <= self._max_batch_rows
+        ):
+            submission = self._queue.popleft()
+            # A caller may cancel a future that is still waiting; once taken it can't be.
+            if submission.future.set_running_or_notify_cancel():
+                batch.append(submission)
+                rows += len(submission.records)
+        return batch
+
+    def _commit(self, batch: list[_Submission]) -> None:
+        if self._failure is not None:
+            self._fail(batch, self._failure)
+            return
+        first, prev = self._head
+        seq = first
+        stored: list[list[StoredRecord]] = []
+        for submission in batch:
+            chained = []
+            for record in submission.records:
+                data = record.envelope(seq)
+                digest = chain_hash(prev, data)
+                chained.append(
+                    StoredRecord(
+                        seq,
+                        record.kind,
+                        record.recorded_at,
+                        record.subject,
+                        record.ref,
+                        data,
+                        prev,
+                        digest,
+                    )
+                )
+                prev, seq = digest, seq + 1
+            stored.append(chained)
+        rows = [record.as_row() for chained in stored for record in chained]
+        started = time.perf_counter()
+        try:
+            self._write(rows, first)
+        except AuditWriteError as exc:
+            self._fail(batch, exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._head = (seq, prev)
+        old = self._stats
+        self._stats = WriterStats(
+            old.batches + 1, old.rows + len(rows), old.failed_batches, len(rows), elapsed
+        )
+        for submission, chained in zip(batch, stored, strict=True):
+            submission.future.set_result(chained)
+
+    def _write(self, rows: list[tuple[Any, ...]], first: int) -> None:
+        """Commit ``rows`` (seqs from ``first``) in one transaction, or raise AuditWriteError.
+
+        Marks the store broken when it can no longer tell what is committed.
+        """
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            self._append_rows(rows)
+            # DuckDB fsyncs its WAL at COMMIT (fsync_mode left at its default, STANDARD):
+            # once this returns, the batch survives a crash.
+            con.execute("COMMIT")
+        except Exception as exc:
+            # 2.x has often aborted the transaction already; the count below decides.
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            landed = self._landed(first, exc)
+            if landed:
+                self._break(f"a failed commit left {landed} rows at seq >= {first}", exc)
+            raise AuditWriteError(
+                f"audit batch of {len(rows)} records at seq {first} was not committed: {exc}"
+            ) from exc
+        # Check, never assume: in DuckDB 2.x an error earlier in a transaction aborts it and
+        # a later COMMIT returns without error, having committed nothing.
+        landed = self._landed(first, None)
+        if landed != len(rows):
+            if landed:
+                self._break(f"committed {landed} of {len(rows)} rows at seq >= {first}", None)
+            raise AuditWriteError(
+                f"COMMIT returned but {landed} of {len(rows)} records at seq {first} are in "
+                "the table (the transaction had been aborted)"
+            )
+
+    def _append_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        # Kept across batches (creating one costs about as much as the COMMIT's own work);
+        # dropped after any failure, since a failed flush leaves its buffer undefined.
+        if self._appender is None:
+            self._appender = self._con.appender(TABLE)
+        try:
+            self._appender.append_rows(rows)
+            # Constraints are checked here, not at append: a row can be accepted, then fail.
+            self._appender.flush()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._appender.clear()
+            self._appender = None
+            raise
+
+    def _landed(self, first: int, cause: BaseException | None) -> int:
+        try:
+            row = self._con.execute(
+                f"SELECT count(*) FROM {TABLE} WHERE seq >= ?", [first]
+            ).fetchone()
+        except Exception as exc:
+            # The connection is unusable (closed, or the database invalidated): what is on
+            # disk is unknown from here, so nothing more may be chained onto the head.
+            self._break(f"cannot read the table back: {exc}", cause or exc)
+            raise AuditWriteError(f"audit store is broken: {exc}") from (cause or exc)
+        assert row is not None
+        return int(row[0])
+
+    def _break(self, reason: str, cause: BaseException | None) -> None:
+        error = AuditWriteError(
+            f"audit log {self._path}: {reason}; the store refuses further writes, restart "
+            "to re-read the head from the file"
+        )
+        error.__cause__ = cause
+        with self._cond:
+            if self._failure is None:
+                self._failure = error
+            waiting = list(self._queue)
+            self._queue.clear()
+        for submission in waiting:
+            if submission.future.set_running_or_notify_cancel():
+                submission.future.set_exception(error)
+
+    def _fail(self, batch: list[_Submission], error: AuditWriteError) -> None:
+        old = self._stats
+        self._stats = WriterStats(
+            old.batches,
+            old.rows,
+            old.failed_batches + 1,
+            old.last_batch_rows,
+            old.last_commit_seconds,
+        )
+        for submission in batch:
+            if not submission.future.done():
+                submission.future.set_exception(error)
+
+    # -- reading (cold paths) ------------------------------------------------------------
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._read_lock:
+            if self._closed:
+                raise AuditError("audit store is closed")
+            return self._reader.cursor()
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[StoredRecord]:
+        cursor = self._cursor()
+        try:
+            return [_stored(row) for row in cursor.execute(sql, list(params)).fetchall()]
+        except duckdb.Error as exc:
+            raise AuditError(f"audit query failed: {exc}") from exc
+        finally:
+            cursor.close()
+
+    def scan(
+        self, kinds: Collection[str] | None = None, since: datetime | None = None
+    ) -> Iterator[StoredRecord]:
+        """Committed records in seq order, optionally only some kinds / recorded since a time.
+
+        Streams in pages of seq ranges up to the head at the time of the call, so memory
+        stays bounded however long the log is.
+        """
+        filters = ""
+        params: list[Any] = []
+        if kinds is not None:
+            wanted = sorted({check_kind(kind) for kind in kinds})
+            if not wanted:
+                return
+            filters += f" AND kind IN ({', '.join('?' * len(wanted))})"
+            params += wanted
+        if since is not None:
+            encode_time(since)  # refuses naive datetimes with a clear message
+            filters += " AND recorded_at >= ?"
+            params.append(since.astimezone(UTC).replace(tzinfo=None))
+        end = self._head[0]
+        cursor = self._cursor()
+        sql = f"{_SELECT} WHERE seq >= ? AND seq < ?{filters} ORDER BY seq"
+        try:
+            for low in range(0, end, _SCAN_PAGE_ROWS):
+                high = min(low + _SCAN_PAGE_ROWS, end)
+                try:
+                    rows = cursor.execute(sql, [low, high, *params]).fetchall()
+                except duckdb.Error as exc:
+                    raise AuditError(f"audit scan failed at seq {low}: {exc}") from exc
+                for row in rows:
+                    yield _stored(row)
+        finally:
+            cursor.close()
+
+    def get(self, seq: int) -> StoredRecord | None:
+        """The record at ``seq``, or None."""
+        found = self._query(f"{_SELECT} WHERE seq = ?", [seq])
+        return found[0] if found else None
+
+    def find(self, kind: str, ref: str) -> StoredRecord | None:
+        """The latest record of ``kind`` with ``ref`` (a full scan: no indexes by design)."""
+        found = self._query(
+            f"{_SELECT} WHERE kind = ? AND ref = ? ORDER BY seq DESC LIMIT 1", [kind, ref]
+        )
+        return found[0] if found else None
+
+    def find_all(self, kind: str, ref: str) -> list[StoredRecord]:
+        """Every record of ``kind`` with ``ref``, in seq order."""
+        return self._query(f"{_SELECT} WHERE kind = ? AND ref = ? ORDER BY seq", [kind, ref])
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what is waiting, stop the writer and release the file. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join()
+            with self._read_lock:
+                self._closed = True
+            for con in (self._reader, self._con):
+                # Already closed underneath us is fine: the file is released either way.
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+            with _open_paths_lock:
+                _open_paths.discard(self._path)
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _read_head(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, bytes]:
+    try:
+        con.execute(SCHEMA)
+        row = con.execute(
+            f"SELECT count(*), min(seq), max(seq), arg_max(hash, seq) FROM {TABLE}"
+        ).fetchone()
+    except duckdb.Error as exc:
+        raise AuditCorrupt(f"cannot read the head of audit log {path}: {exc}") from exc
+    assert row is not None
+    count, low, high, last = row
+    if count == 0:
+        return 0, GENESIS_HASH
+    # A cheap start-up sanity check (the full one is verify_file): refuse to extend a log
+    # whose seqs are not 0..count-1, rather than chain onto a head that is not the end.
+    if low != 0 or high != count - 1 or not isinstance(last, bytes) or len(last) != 32:
+        raise AuditCorrupt(
+            f"audit log {path} has {count} records with seq {low}..{high}: not contiguous "
+            "from 0; run verify on a copy before writing to it again"
+        )
+    return int(count), bytes(last)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRecord:
+    seq, kind, recorded_at, subject, ref, record, prev_hash, digest = row
+    return StoredRecord(
+        seq=int(seq),
+        kind=kind,
+        recorded_at=recorded_at.replace(tzinfo=UTC),
+        subject=subject,
+        ref=ref,
+        record=record.encode("utf-8"),
+        prev_hash=bytes(prev_hash),
+        hash=bytes(digest),
+    )
