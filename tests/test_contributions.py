@@ -279,6 +279,21 @@ def test_oracle_reconstruction_reproduces_the_models_raw_score(
     assert any(t.leads_into_empty_subtree(x) for x in rows for t in forest.trees)
 
 
+def test_oracle_agrees_with_the_model_on_a_value_equal_to_a_border(
+    tiny: tuple[catboost.CatBoostClassifier, _Forest],
+) -> None:
+    # Random rows never sit on a border; these do, which pins "greater than" (not ">=").
+    model, forest = tiny
+    rows = []
+    for tree in forest.trees:
+        for f, border in zip(tree.features, tree.borders, strict=True):
+            row = np.zeros(ORACLE_FEATURES)
+            row[f] = float(np.float32(border))
+            rows.append(row)
+    raw = model.predict(catboost.Pool(np.array(rows)), prediction_type="RawFormulaVal")
+    assert [forest.raw(x) for x in rows] == pytest.approx(list(raw), rel=0, abs=1e-12)
+
+
 def test_contributions_equal_brute_force_shapley_values(
     tiny: tuple[catboost.CatBoostClassifier, _Forest],
 ) -> None:
