@@ -554,12 +554,14 @@ class _ContactLog:
 
     def summary(self, t: float) -> dict[str, Any]:
         """The contact summary the models read (CONTACT_FIELDS), as of time t."""
+        # Same windows and rounding as service.policy.contact_summary (outcomes are immediate
+        # here, so a decline's time is its offer's time).
         out: dict[str, Any] = {
-            "offers_30d": sum(1 for s, _, _ in self.entries if t - s < 30 * _DAY),
-            "declines_90d": sum(1 for s, _, ok in self.entries if not ok and t - s < 90 * _DAY),
+            "offers_30d": sum(1 for s, _, _ in self.entries if t - s <= 30 * _DAY),
+            "declines_90d": sum(1 for s, _, ok in self.entries if not ok and t - s <= 90 * _DAY),
         }
         if self.entries:
-            out["days_since_last_offer"] = round((t - self.entries[-1][0]) / _DAY, 4)
+            out["days_since_last_offer"] = round((t - self.entries[-1][0]) / _DAY, 6)
         return out
 
     def blocked(self, policy: ContactPolicySpec, t: float) -> tuple[bool, set[str]]:
@@ -630,6 +632,19 @@ class _Rulebook:
             if passed:
                 out.append((offer, passed))
         return out
+
+
+def eligible_actions(
+    catalog: Catalog,
+    customer: Mapping[str, Any],
+    ticket: Mapping[str, Any],
+    contact: Mapping[str, Any],
+    now: datetime,
+) -> list[tuple[Offer, list[Variant]]]:
+    """What the old process could offer on one ticket before its contact policy: offers whose
+    guardrails, triggers and eligibility pass (catalog order), each with its passing variants."""
+    ctx = rules.new_context(rules.decision_variables(customer, ticket, contact, now))
+    return _Rulebook(catalog).actions(ctx)
 
 
 def _references(rule: rules.Rule) -> set[str]:
