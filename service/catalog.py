@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from service.errors import CatalogError
+from service.features import OfferTerms
 from service.rules import Rule, compile_rule
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -242,6 +243,23 @@ class Catalog:
     def value_floor_minor(self) -> float:
         return float(to_minor(self.spec.policy.value_floor, self.currency))
 
+    @property
+    def exponent(self) -> int:
+        return currency_exponent(self.currency)
+
+    def terms(self, offer: Offer, variant: Variant) -> OfferTerms:
+        """What the models know about a candidate: the one way serving and training build it."""
+        return OfferTerms(
+            offer.id,
+            offer.kind,
+            offer.product,
+            variant.discount_pct,
+            variant.price_minor / 10.0**self.exponent,
+        )
+
+    def offer(self, offer_id: str) -> Offer | None:
+        return next((o for o in self.offers if o.id == offer_id), None)
+
     def rules(self) -> dict[str, Rule]:
         """Every rule by id (guardrails, triggers, offer and variant eligibility)."""
         out = {r.id: r for r in self.guardrails}
@@ -250,6 +268,12 @@ class Catalog:
             out.update({r.id: r for r in o.eligibility})
             out.update({r.id: r for v in o.variants for r in v.eligibility})
         return out
+
+
+def format_money(minor: float, currency: str) -> str:
+    """An amount for people: `USD 1,234.50`."""
+    exp = currency_exponent(currency)
+    return f"{currency} {minor / 10.0**exp:,.{exp}f}"
 
 
 def currency_exponent(currency: str) -> int:
@@ -281,7 +305,7 @@ def parse_catalog(source: bytes, name: str = "<catalog>") -> Catalog:
     except ValidationError as e:
         raise CatalogError(
             [f"{name}: {_where(raw, err['loc'])}: {err['msg']}" for err in e.errors()]
-        )
+        ) from None
     problems: list[str] = []
 
     def comp(r: RuleSpec, where: str) -> Rule:
@@ -350,7 +374,7 @@ def load_catalog(path: Path) -> Catalog:
 
 
 def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
-    """Turn a pydantic error location into words with ids: `offer seats-10, variant intro, price`."""
+    """A pydantic error location in words with ids: `offer seats-10, variant intro, price`."""
     parts: list[str] = []
     node = raw
     for key in loc:

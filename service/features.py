@@ -163,7 +163,7 @@ class FeatureSet:
 RANKER_FEATURES = FeatureSet(tuple(f.name for f in FEATURES))
 #: the organic-purchase model: who the customer is and what the product is, not the variant
 ORGANIC_FEATURES = FeatureSet(
-    tuple(f.name for f in FEATURES if f.scope != "offer") + ("offer_id", "product")
+    (*tuple(f.name for f in FEATURES if f.scope != "offer"), "offer_id", "product")
 )
 
 

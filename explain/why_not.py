@@ -1,0 +1,73 @@
+"""Why-not: for every offer that was not picked, the first thing that excluded it, in words.
+
+Pure: receives exclusions and values as data from the decision; imports nothing of service/.
+The order of checks (and so which rule is named first) is the decision's, in catalog order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """An offer excluded before scoring: code (WhyNotCode name), rule id and plain words."""
+
+    code: str
+    rule_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class WhyNot:
+    offer_id: str
+    code: str
+    rule_id: str
+    detail: str
+    value: float | None = None
+
+
+def why_not(
+    offer_ids: Sequence[str],
+    exclusions: Mapping[str, Exclusion],
+    best_values: Mapping[str, float],
+    picked_offer: str | None,
+    floor: float,
+    money: Callable[[float], str],
+) -> tuple[WhyNot, ...]:
+    """One entry per offer except the policy's pick, in catalog order.
+
+    `best_values` holds each scored offer's best variant value (minor units); `money` renders an
+    amount for people.
+    """
+    out: list[WhyNot] = []
+    top = best_values.get(picked_offer) if picked_offer is not None else None
+    for offer_id in offer_ids:
+        if offer_id == picked_offer:
+            continue
+        if offer_id in exclusions:
+            e = exclusions[offer_id]
+            out.append(WhyNot(offer_id, e.code, e.rule_id, e.detail))
+            continue
+        value = best_values.get(offer_id)
+        if value is None:  # pragma: no cover - every offer is excluded or scored
+            raise ValueError(f"offer {offer_id} was neither excluded nor scored")
+        if value < floor:
+            out.append(
+                WhyNot(
+                    offer_id,
+                    "BELOW_FLOOR",
+                    "policy.value_floor",
+                    f"Expected to add {money(value)}, below the floor of {money(floor)}.",
+                    value,
+                )
+            )
+        else:
+            detail = (
+                f"Expected to add {money(value)}, less than the chosen offer's {money(top)}."
+                if top is not None
+                else f"Expected to add {money(value)}; not picked this time."
+            )
+            out.append(WhyNot(offer_id, "LOWER_VALUE", "", detail, value))
+    return tuple(out)
