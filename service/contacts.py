@@ -1,0 +1,92 @@
+"""Contact book: each customer's recent offers, outcomes, purchases and consent, in memory.
+
+Rebuilt from the audit log at start-up and updated as records commit, so the log stays the
+source of truth and a restart forgets nothing. Holds pseudonyms only, never customer ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from audit.records import StoredRecord, decode_time
+from service.policy import ContactEvent
+
+
+class ContactBook:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, dict[str, ContactEvent]] = defaultdict(dict)
+        self._event_owner: dict[str, str] = {}  # decision_id → pseudonym
+        self._consent: dict[str, bool] = {}
+        self._purchased: dict[str, set[str]] = defaultdict(set)
+
+    def rebuild(self, records: Iterable[StoredRecord]) -> int:
+        n = 0
+        for r in records:
+            self.apply(r)
+            n += 1
+        return n
+
+    def apply(self, record: StoredRecord) -> None:
+        """Fold one committed record into the book (decisions, outcomes, conversions, consent)."""
+        body = record.body
+        who = record.subject
+        if who is None:
+            return
+        with self._lock:
+            if record.kind == "decision":
+                card = body["card"]
+                if body["group"] == "treated" and body["kind"] == "offer" and card is not None:
+                    now = decode_time(body["inputs"]["now"])
+                    self._events[who][body["decision_id"]] = ContactEvent(
+                        body["decision_id"], card["offer_id"], now
+                    )
+                    self._event_owner[body["decision_id"]] = who
+            elif record.kind == "outcome":
+                event = self._events.get(who, {}).get(body["decision_id"])
+                if event is not None:
+                    self._events[who][event.decision_id] = ContactEvent(
+                        event.decision_id,
+                        event.offer_id,
+                        event.offered_at,
+                        body["outcome"],
+                        decode_time(body["occurred_at"]),
+                    )
+            elif record.kind == "conversion":
+                self._purchased[who].add(body["product"])
+            elif record.kind == "consent":
+                self._consent[who] = body["marketing_consent"]
+
+    def history(self, pseudonym: str) -> list[ContactEvent]:
+        with self._lock:
+            return list(self._events.get(pseudonym, {}).values())
+
+    def purchased(self, pseudonym: str) -> set[str]:
+        with self._lock:
+            return set(self._purchased.get(pseudonym, ()))
+
+    def consent(self, pseudonym: str) -> bool | None:
+        with self._lock:
+            return self._consent.get(pseudonym)
+
+    def prune(self, before: datetime) -> None:
+        """Forget offers older than any window needs (they stay in the log)."""
+        with self._lock:
+            for who, events in list(self._events.items()):
+                for did, e in list(events.items()):
+                    if e.offered_at < before:
+                        del events[did]
+                        self._event_owner.pop(did, None)
+                if not events:
+                    del self._events[who]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "customers": len(self._events),
+                "events": sum(len(v) for v in self._events.values()),
+            }
