@@ -393,3 +393,96 @@ def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
 
 def sample_time() -> datetime:
     return datetime.fromisoformat("2026-06-15T12:00:00+00:00")
+
+
+def check_catalog(catalog: Catalog) -> list[str]:
+    """Run every rule on typed sample contexts; the binding has no type checker, so this is it.
+
+    Samples: a complete customer/ticket, and a sparse one where every optional value is absent
+    (rules must guard those with has()). Returns problems as `offer X, rule Y: sample: error`.
+    """
+    from service import rules
+    from service.features import OPTIONAL_FIELDS
+
+    full_customer: dict[str, Any] = {
+        "plan": "team",
+        "seats": 20,
+        "seats_used": 18,
+        "storage_quota_gb": 100.0,
+        "storage_used_gb": 85.5,
+        "api_calls_30d": 9000,
+        "api_quota_30d": 10000,
+        "tenure_months": 14,
+        "monthly_spend": 450.0,
+        "billing_cycle": "monthly",
+        "support_tier": "standard",
+        "owned_products": ["storage"],
+        "open_billing_dispute": False,
+        "payment_failures_90d": 0,
+        "active_users_trend": 0.12,
+        "tickets_90d": 3,
+        "churn_risk": 0.2,
+        "region": "emea",
+        "industry": "software",
+        "company_size": "11-50",
+        "marketing_consent": True,
+        "days_since_last_purchase": 40,
+        "seat_utilization": 0.9,
+        "storage_utilization": 0.855,
+        "api_utilization": 0.9,
+    }
+    full_ticket: dict[str, Any] = {
+        "category": "how_to",
+        "product_area": "storage",
+        "channel": "chat",
+        "csat": 5,
+        "sentiment": 0.4,
+        "reopen_count": 0,
+        "tags": list(catalog.spec.ticket_tags[:1]),
+        "fields": {f: "x" for f in catalog.spec.ticket_fields},
+    }
+    full_contact: dict[str, Any] = {
+        "offers_30d": 1,
+        "declines_90d": 0,
+        "days_since_last_offer": 12.5,
+    }
+    samples = {
+        "complete sample": (full_customer, full_ticket, full_contact),
+        "sparse sample (optional values absent)": tuple(
+            {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS[scope]}
+            for scope, d in (
+                ("customer", full_customer),
+                ("ticket", full_ticket),
+                ("contact", full_contact),
+            )
+        ),
+    }
+    problems: list[str] = []
+    now = sample_time()
+    for label, (customer, ticket, contact) in samples.items():
+        ctx = rules.new_context(rules.decision_variables(customer, ticket, contact, now))
+        for rule in catalog.guardrails:
+            v = rules.evaluate(rule, ctx)
+            if v.error:
+                problems.append(f"guardrails, rule {rule.id}: {label}: {v.error}")
+        for o in catalog.offers:
+            rules.bind(ctx, "offer", rules.offer_variables(o.id, o.kind, o.product, o.lever))
+            scale = 10.0**catalog.exponent
+            for v_ in o.variants:
+                rules.bind(
+                    ctx,
+                    "variant",
+                    rules.variant_variables(
+                        v_.id,
+                        v_.price_minor / scale,
+                        v_.list_price_minor / scale,
+                        v_.discount_pct,
+                        v_.margin_minor / scale,
+                    ),
+                )
+                for r in (*(t.rule for t in o.triggers), *o.eligibility, *v_.eligibility):
+                    v = rules.evaluate(r, ctx)
+                    msg = f"offer {o.id}, rule {r.id}: {label}: {v.error}"
+                    if v.error and msg not in problems:
+                        problems.append(msg)
+    return problems

@@ -1,9 +1,8 @@
-"""Simulator: a seeded Acme Cloud customer base, ticket stream and bootstrap history, with truth.
+"""Simulator: a seeded Acme Cloud customer base, ticket stream and bootstrap history.
 
-Like Open Bandit Pipeline's synthetic dataset, it knows each customer's true chance to accept an
-offer (`Truth.p_accept`) and to buy the product anyway (`Truth.p_buy_anyway`), so tests can check
-learning against the truth. The decision path must never import it: serving reads customers
-through the profile source, and nothing here may leak into a model except through the files.
+It knows the truth — each customer's chance to accept an offer and to buy anyway — so tests can
+check learning against it, as Open Bandit Pipeline's synthetic dataset does. The decision path
+must never import it: a model learns about this world only through the files it writes.
 """
 
 from __future__ import annotations
@@ -94,8 +93,8 @@ def price_sensitivity(customer: Mapping[str, Any]) -> float:
     by_size = {"1-10": 1.3, "11-50": 1.1, "51-200": 0.85, "201-1000": 0.5, "1001+": 0.25}
     s = by_industry.get(customer.get("industry", ""), 0.5)
     s *= by_size.get(customer.get("company_size", ""), 1.0)
-    s += 0.15 * min(customer.get("payment_failures_90d", 0), 2)
-    return min(max(s, 0.0), 1.2)
+    s += 0.15 * min(float(customer.get("payment_failures_90d", 0)), 2.0)
+    return float(min(max(s, 0.0), 1.2))
 
 
 @dataclass(frozen=True)
@@ -936,7 +935,9 @@ class World:
 def load_world(out_dir: Path) -> World:
     meta = json.loads((out_dir / "world.json").read_text())
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{out_dir}/world.json: format {meta.get('format')}, expected 1")
+        raise ValueError(
+            f"{out_dir}/world.json: format {meta.get('format')}, expected {FORMAT_VERSION}"
+        )
     profiles = {}
     for row in pq.read_table(out_dir / "customers.parquet").to_pylist():
         cid = row.pop("customer_id")
@@ -987,7 +988,7 @@ def ticket_stream(
     weights /= weights.sum()
     t = start or world.now
     prefix = {"zendesk": "ZD-", "intercom": "IC-", "salesforce": "CASE-"}
-    counter = 200_000
+    counter = 5_000_000  # above any history ticket number
     while True:
         cid = ids[int(rng.choice(len(ids), p=weights))]
         known = by_customer[cid]

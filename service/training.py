@@ -286,7 +286,7 @@ def fit(
         cats = rows.featureset.cat_indices
         started = time.perf_counter()
         model.fit(
-            Pool(train.X, train.y, cat_features=cats),
+            Pool(train.X, train.y, cat_features=cats, feature_names=list(rows.featureset.names)),
             callbacks=[_Reporter(name, iterations, progress)] if progress else None,
         )
         seconds[name] = round(time.perf_counter() - started, 3)
@@ -324,7 +324,8 @@ def fit(
 
 
 def _iso(t: np.datetime64) -> str:
-    return t.astype("datetime64[us]").item().replace(tzinfo=UTC).isoformat()
+    moment: datetime = t.astype("datetime64[us]").item()
+    return moment.replace(tzinfo=UTC).isoformat()
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, prior: float) -> dict[str, float]:

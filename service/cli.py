@@ -1,0 +1,244 @@
+"""The `offerdesk` command: serve, simulate, train, demo, catalog check, audit verify.
+
+Builds the settings once and passes them down; prints for people with rich, exits non-zero on
+any failure with a message that says what to do next.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="offerdesk: one offer card (or none) per resolved ticket, with reasons "
+    "and a provable audit log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(help="Check offer catalogs.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and inspect the audit log.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(audit_app, name="audit")
+console = Console()
+err = Console(stderr=True)
+
+EXAMPLE_CATALOG = Path(__file__).parent / "examples" / "catalog.yaml"
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Settings YAML file.", exists=True, dir_okay=False)
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (default ./var).")
+]
+
+
+def _settings(config: Path | None, data_dir: Path | None, **extra: object) -> Settings:
+    overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        return load_settings(config, **overrides)
+    except Exception as e:
+        err.print(f"[red]settings:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")] = None,
+) -> None:
+    """Run the gRPC service (loopback by default) until SIGINT/SIGTERM."""
+    from service.errors import OfferDeskError
+    from service.server import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings(config, data_dir, listen=listen)
+    try:
+        run(settings)
+    except OfferDeskError as e:
+        err.print(f"[red]cannot start:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def simulate(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    catalog: Annotated[
+        Path, typer.Option(help="Catalog the world is built for.")
+    ] = EXAMPLE_CATALOG,
+    customers: Annotated[int, typer.Option(min=1)] = 5000,
+    tickets: Annotated[int, typer.Option(help="Bootstrap history tickets.", min=1)] = 30_000,
+    seed: int = 7,
+) -> None:
+    """Write a simulated customer base, identity map and bootstrap history (Parquet)."""
+    from service.catalog import load_catalog
+    from service.simulator import simulate as run
+
+    settings = _settings(config, data_dir)
+    cat = _load_catalog_or_exit(catalog, load_catalog)
+    with console.status("simulating customers and history…"):
+        s = run(cat, settings.profile_dir, customers=customers, history_tickets=tickets, seed=seed)
+    console.print(
+        f"simulated {s.customers:,} customers, {s.history_rows:,} past tickets, "
+        f"{s.offers_shown:,} offers shown (take rate {s.acceptance_rate:.1%}) "
+        f"in {s.seconds:.1f}s → {settings.profile_dir}"
+    )
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    catalog: Annotated[
+        Path, typer.Option(help="Catalog to train and serve with.")
+    ] = EXAMPLE_CATALOG,
+    iterations: Annotated[int | None, typer.Option(min=1)] = None,
+    depth: Annotated[int | None, typer.Option(min=1, max=10)] = None,
+    activate: Annotated[bool, typer.Option(help="Make the new model active.")] = True,
+) -> None:
+    """Train the acceptance and organic-purchase models on the simulator's bootstrap history."""
+    from service.catalog import load_catalog
+
+    settings = _settings(config, data_dir)
+    cat = _load_catalog_or_exit(catalog, load_catalog)
+    version = train_default(settings, cat, iterations=iterations, depth=depth, activate=activate)
+    console.print(
+        f"model {version} stored in {settings.registry_dir}" + (" and active" if activate else "")
+    )
+
+
+def train_default(
+    settings: Settings,
+    cat: object,
+    *,
+    iterations: int | None = None,
+    depth: int | None = None,
+    activate: bool = True,
+    seed: int = 0,
+) -> str:
+    """Train from data_dir/profiles/history.parquet, store in the registry, optionally activate."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from service import training
+    from service.catalog import Catalog
+    from service.registry import Registry
+    from service.simulator import load_history
+
+    assert isinstance(cat, Catalog)
+    if not (settings.profile_dir / "history.parquet").exists():
+        err.print(f"[red]no history at {settings.profile_dir}[/red]: run `offerdesk simulate`")
+        raise typer.Exit(1)
+    ranker_rows, organic_rows = training.training_rows_from_history(
+        load_history(settings.profile_dir), cat
+    )
+    kwargs = {k: v for k, v in (("iterations", iterations), ("depth", depth)) if v is not None}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"training {name}", total=total)
+            bar.update(tasks[name], completed=done)
+
+        trained = training.fit(ranker_rows, organic_rows, seed=seed, progress=progress, **kwargs)
+    registry = Registry(settings.registry_dir)
+    version = registry.save_models(trained.ranker, trained.organic, trained.card)
+    registry.save_catalog(cat.source)
+    if activate:
+        registry.activate(model=version, catalog=cat.version)
+    metrics = trained.card.get("metrics", {})
+    for name, m in metrics.items():
+        console.print(
+            f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+        )
+    return version
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Demo data directory (wiped first).")] = Path(
+        "var/demo"
+    ),
+    tickets: Annotated[int, typer.Option(min=10, max=5000)] = 300,
+) -> None:
+    """Simulate, train, serve on loopback and play a few hundred tickets through it."""
+    from service.demo import run
+
+    raise typer.Exit(run(data_dir, tickets, console))
+
+
+@catalog_app.command("check")
+def catalog_check(file: Annotated[Path, typer.Argument(help="Catalog YAML file.")]) -> None:
+    """Validate a catalog: schema, CEL syntax, and every rule run on typed sample contexts."""
+    from service.catalog import check_catalog, load_catalog
+
+    cat = _load_catalog_or_exit(file, load_catalog)
+    problems = check_catalog(cat)
+    if problems:
+        for p in problems:
+            err.print(f"[red]✗[/red] {file}: {p}")
+        raise typer.Exit(1)
+    n_rules = len(cat.rules())
+    console.print(
+        f"[green]✓[/green] {file}: {len(cat.offers)} offers, "
+        f"{sum(len(o.variants) for o in cat.offers)} variants, {n_rules} rules; "
+        f"version {cat.version}"
+    )
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Audit DuckDB file or Parquet export (default: the data dir's log)."),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Walk the hash chain; name the first record that does not verify (exit 1)."""
+    from audit.errors import AuditLocked
+    from audit.verify import verify_file
+
+    target = path or _settings(config, data_dir).audit_path
+    if not target.exists():
+        err.print(f"[red]{target}: no such file[/red]")
+        raise typer.Exit(2)
+    try:
+        report = verify_file(target)
+    except AuditLocked as e:
+        err.print(f"[yellow]{e}[/yellow]")
+        raise typer.Exit(3) from None
+    if report.ok:
+        console.print(
+            f"[green]✓[/green] {target}: {report.count:,} records, chain intact; "
+            f"head {report.head_hash.hex()}"
+        )
+    else:
+        err.print(f"[red]✗[/red] {target}: {report.problem}")
+        raise typer.Exit(1)
+
+
+def _load_catalog_or_exit(path: Path, loader: object) -> object:
+    from service.errors import CatalogError
+
+    try:
+        return loader(path)  # type: ignore[operator]
+    except CatalogError as e:
+        for p in e.problems:
+            err.print(f"[red]✗[/red] {p}")
+        raise typer.Exit(1) from None

@@ -1,0 +1,391 @@
+"""The running service's state and I/O around the pure decide(): one object, no gRPC in it.
+
+Per request: resolve the customer, read contact state from memory, decide, write durably
+(group commit), update memory, answer. Per customer, read → decide → commit is serialised so two
+concurrent decisions cannot both pass a cap. Idempotency indexes are rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from audit.records import NewRecord, StoredRecord, decode_time, encode_time, keyed_hash
+from audit.store import AuditStore
+from audit.vault import Vault
+from service import policy
+from service.arbitration import holdout_bucket, seed_from
+from service.catalog import Catalog
+from service.decide import DecisionInputs, decide
+from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from service.features import customer_view
+from service.profiles import ProfileSource
+from service.ranker import Models
+from service.registry import Registry
+from service.settings import Secrets
+from service.validation import ConversionCommand, DecideCommand, OutcomeCommand
+
+log = logging.getLogger("offerdesk")
+_STRIPES = 512
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The model and catalog in use; swapped whole, so a request sees one consistent pair."""
+
+    models: Models
+    catalog: Catalog
+
+
+@dataclass(frozen=True)
+class _DecisionIndex:
+    seq: int
+    subject: str | None
+    payload_hash: str
+    offer_made: bool
+    decided_at: datetime
+
+
+class Desk:
+    def __init__(
+        self,
+        store: AuditStore,
+        vault: Vault,
+        profiles: ProfileSource,
+        registry: Registry,
+        secrets_: Secrets,
+    ) -> None:
+        from service.contacts import ContactBook
+
+        self.store = store
+        self.vault = vault
+        self.profiles = profiles
+        self.registry = registry
+        self._hash_key = secrets_.hash_key.get_secret_value()
+        self._holdout_key = secrets_.holdout_key.get_secret_value()
+        self.contacts = ContactBook()
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._index_lock = threading.Lock()
+        self._by_key: dict[str, str] = {}  # request-key hash → decision id
+        self._decisions: dict[str, _DecisionIndex] = {}
+        self._outcomes: dict[str, int] = {}  # decision id → seq of its outcome
+        self._conversions: dict[str, tuple[str, int]] = {}  # txn hash → (payload hash, seq)
+        self._inflight: dict[str, Future[StoredRecord]] = {}
+        self._deployment: Deployment | None = None
+        self._rebuild()
+
+    # -- start-up and reload --------------------------------------------------------------
+    def _rebuild(self) -> None:
+        n = 0
+        for r in self.store.scan():
+            self._index(r)
+            self.contacts.apply(r)
+            n += 1
+        log.info("rebuilt state from %d audit records", n)
+
+    def _index(self, r: StoredRecord) -> None:
+        body = r.body
+        if r.kind == "decision":
+            did = body["decision_id"]
+            self._by_key[body["request_key_hash"]] = did
+            self._decisions[did] = _DecisionIndex(
+                r.seq,
+                r.subject,
+                body["payload_hash"],
+                body["kind"] == "offer",
+                decode_time(body["inputs"]["now"]),
+            )
+        elif r.kind == "outcome":
+            self._outcomes[body["decision_id"]] = r.seq
+        elif r.kind == "conversion":
+            self._conversions[body["transaction_hash"]] = (body["payload_hash"], r.seq)
+
+    @property
+    def deployment(self) -> Deployment:
+        if self._deployment is None:
+            raise Unavailable("no model and catalog loaded")
+        return self._deployment
+
+    def deploy(self, deployment: Deployment, reason: str) -> None:
+        """Switch model and catalog; in-flight requests finish with the pair they started with."""
+        self.store.append(
+            [
+                NewRecord(
+                    "deployment",
+                    _now(),
+                    None,
+                    None,
+                    {
+                        "model_version": deployment.models.version,
+                        "catalog_version": deployment.catalog.version,
+                        "reason": reason,
+                    },
+                )
+            ]
+        )
+        self._deployment = deployment
+        log.info(
+            "serving model %s with catalog %s (%s)",
+            deployment.models.version,
+            deployment.catalog.version,
+            reason,
+        )
+
+    def reload_active(self, reason: str) -> bool:
+        """Load the registry's active pair; a bad one is refused and the old keeps serving."""
+        active = self.registry.active()
+        current = self._deployment
+        if current and (current.models.version, current.catalog.version) == (
+            active.model,
+            active.catalog,
+        ):
+            return False
+        models = (
+            current.models
+            if current and current.models.version == active.model
+            else self.registry.load_models(active.model)
+        )
+        catalog = (
+            current.catalog
+            if current and current.catalog.version == active.catalog
+            else self.registry.load_catalog(active.catalog)
+        )
+        self.deploy(Deployment(models, catalog), reason)
+        return True
+
+    # -- Decide -----------------------------------------------------------------------------
+    def decide(self, cmd: DecideCommand, *, now: datetime, trace_id: str) -> StoredRecord:
+        key_hash = keyed_hash(self._hash_key, cmd.request_key, domain="request_key")
+        mine: Future[StoredRecord] | None = None
+        with self._index_lock:
+            existing = self._existing(key_hash, cmd.payload_hash)
+            if existing is None:
+                waiting = self._inflight.get(key_hash)
+                if waiting is None:
+                    mine = self._inflight[key_hash] = Future()
+        if existing is not None:
+            return existing
+        if mine is None:
+            # A concurrent duplicate is being decided: wait for it, then answer as a retry.
+            waiting.result(timeout=30)
+            with self._index_lock:
+                existing = self._existing(key_hash, cmd.payload_hash)
+            assert existing is not None
+            return existing
+        try:
+            record = self._decide_new(cmd, key_hash, now, trace_id)
+        except BaseException as e:
+            with self._index_lock:
+                del self._inflight[key_hash]
+            mine.set_exception(e)
+            raise
+        with self._index_lock:
+            del self._inflight[key_hash]
+        mine.set_result(record)
+        return record
+
+    def _existing(self, key_hash: str, payload_hash: str) -> StoredRecord | None:
+        did = self._by_key.get(key_hash)
+        if did is None:
+            return None
+        entry = self._decisions[did]
+        if entry.payload_hash != payload_hash:
+            raise InvalidArgument("request_key", "already used for a different request")
+        return self._get(entry.seq)
+
+    def _decide_new(
+        self, cmd: DecideCommand, key_hash: str, now: datetime, trace_id: str
+    ) -> StoredRecord:
+        dep = self.deployment
+        customer_id = self.profiles.resolve(cmd.helpdesk, cmd.external_id)
+        profile = self.profiles.profile(customer_id) if customer_id else None
+        pseudonym = self.vault.pseudonym_for(customer_id) if customer_id else None
+        stripe = self._stripes[hash(customer_id or key_hash) % _STRIPES]
+        with stripe:
+            records: list[NewRecord] = []
+            customer = None
+            history: tuple[policy.ContactEvent, ...] = ()
+            if profile is not None and pseudonym is not None:
+                customer = customer_view(profile)
+                bought = self.contacts.purchased(pseudonym)
+                if bought:
+                    customer["owned_products"] = sorted(set(customer["owned_products"]) | bought)
+                consent = customer.get("marketing_consent")
+                if self.contacts.consent(pseudonym) != consent:
+                    records.append(_consent_record(pseudonym, consent, "profile_source", now))
+                history = policy.relevant_history(
+                    self.contacts.history(pseudonym), dep.catalog.policy.contact, now
+                )
+            inputs = DecisionInputs(
+                now=now,
+                seed=seed_from(key_hash),
+                holdout_bucket=holdout_bucket(self._holdout_key, customer_id or ""),
+                customer=customer,
+                ticket=cmd.ticket,
+                history=history,
+            )
+            decision = decide(inputs, dep.models, dep.catalog)
+            decision_id = "d_" + secrets.token_hex(16)
+            body = {
+                "decision_id": decision_id,
+                "request_key_hash": key_hash,
+                "payload_hash": cmd.payload_hash,
+                "helpdesk": cmd.helpdesk,
+                "ticket_hash": keyed_hash(
+                    self._hash_key, f"{cmd.helpdesk}:{cmd.ticket_id}", domain="ticket"
+                ),
+                "resolved_at": encode_time(cmd.resolved_at),
+                "agent_id": cmd.agent_id,
+                "locale": cmd.locale,
+                "trace_id": trace_id,
+                "model_version": dep.models.version,
+                "catalog_version": dep.catalog.version,
+                "inputs": inputs.to_record(),
+                **decision.to_record(dep.catalog),
+            }
+            records.append(NewRecord("decision", now, pseudonym, decision_id, body))
+            stored = self._write(records)
+            for r in stored:
+                self.contacts.apply(r)
+                with self._index_lock:
+                    self._index(r)
+        return stored[-1]
+
+    # -- RecordOutcome ----------------------------------------------------------------------
+    def record_outcome(self, cmd: OutcomeCommand, *, now: datetime) -> tuple[StoredRecord, str]:
+        entry = self._decisions.get(cmd.decision_id)
+        if entry is None:
+            raise NotFound(f"decision_id: no decision {cmd.decision_id}")
+        if not entry.offer_made:
+            raise InvalidArgument("decision_id", f"decision {cmd.decision_id} made no offer")
+        if cmd.occurred_at < entry.decided_at - timedelta(minutes=5):
+            raise InvalidArgument("occurred_at", "before the decision was made")
+        stripe = self._stripes[hash(entry.subject or cmd.decision_id) % _STRIPES]
+        with stripe:
+            seq = self._outcomes.get(cmd.decision_id)
+            if seq is not None:
+                first = self._get(seq)
+                b = first.body
+                if (b["outcome"], b["decline_reason"]) != (cmd.outcome, cmd.decline_reason):
+                    raise AlreadyExists(
+                        f"decision_id: decision {cmd.decision_id} already has "
+                        f"outcome {b['outcome']}"
+                    )
+                return first, b["outcome"]
+            body = {
+                "decision_id": cmd.decision_id,
+                "decision_seq": entry.seq,
+                "outcome": cmd.outcome,
+                "decline_reason": cmd.decline_reason,
+                "has_note": bool(cmd.decline_note),
+                "agent_id": cmd.agent_id,
+                "occurred_at": encode_time(cmd.occurred_at),
+            }
+            stored = self._write([NewRecord("outcome", now, entry.subject, cmd.decision_id, body)])[
+                0
+            ]
+            if cmd.decline_note and entry.subject:
+                # Free text stays outside the chain, deletable with the customer's pseudonym.
+                self.vault.add_note(cmd.decision_id, entry.subject, cmd.decline_note)
+            self.contacts.apply(stored)
+            with self._index_lock:
+                self._index(stored)
+        return stored, cmd.outcome
+
+    # -- RecordConversion -------------------------------------------------------------------
+    def record_conversion(self, cmd: ConversionCommand, *, now: datetime) -> StoredRecord:
+        txn_hash = keyed_hash(self._hash_key, cmd.transaction_id, domain="transaction")
+        customer_id = self.profiles.resolve(cmd.source, cmd.external_id)
+        if customer_id is None:
+            raise NotFound(f"customer.external_id: {cmd.source} id not in the identity map")
+        pseudonym = self.vault.pseudonym_for(customer_id)
+        stripe = self._stripes[hash(customer_id) % _STRIPES]
+        with stripe:
+            seen = self._conversions.get(txn_hash)
+            if seen is not None:
+                if seen[0] != cmd.payload_hash:
+                    raise InvalidArgument("transaction_id", "already recorded with other details")
+                return self._get(seen[1])
+            body = {
+                "transaction_hash": txn_hash,
+                "payload_hash": cmd.payload_hash,
+                "source": cmd.source,
+                "product": cmd.product,
+                "amount_minor": cmd.amount_minor,
+                "currency": cmd.currency,
+                "occurred_at": encode_time(cmd.occurred_at),
+                "holdout_bucket": holdout_bucket(self._holdout_key, customer_id),
+            }
+            stored = self._write([NewRecord("conversion", now, pseudonym, txn_hash, body)])[0]
+            self.contacts.apply(stored)
+            with self._index_lock:
+                self._index(stored)
+        return stored
+
+    # -- GetDecision and friends -----------------------------------------------------------
+    def find_decision(
+        self, *, decision_id: str | None = None, request_key: str | None = None
+    ) -> StoredRecord:
+        if request_key is not None:
+            decision_id = self._by_key.get(
+                keyed_hash(self._hash_key, request_key, domain="request_key")
+            )
+            if decision_id is None:
+                raise NotFound("request_key: no decision for this request key")
+        assert decision_id is not None
+        entry = self._decisions.get(decision_id)
+        if entry is None:
+            raise NotFound(f"decision_id: no decision {decision_id}")
+        return self._get(entry.seq)
+
+    def outcome_of(self, decision_id: str) -> str | None:
+        seq = self._outcomes.get(decision_id)
+        return None if seq is None else self._get(seq).body["outcome"]
+
+    def refresh_profiles(self) -> int:
+        """Reload profiles; consent changes of customers we know are chained as records."""
+        changed = self.profiles.refresh()
+        records = []
+        now = _now()
+        for customer_id, consent in changed.items():
+            pseudonym = self.vault.lookup(customer_id)
+            if pseudonym is not None:
+                records.append(_consent_record(pseudonym, consent, "profile_refresh", now))
+        if records:
+            for r in self._write(records):
+                self.contacts.apply(r)
+        return len(records)
+
+    def _write(self, records: list[NewRecord]) -> list[StoredRecord]:
+        try:
+            return self.store.append(records)
+        except Exception as e:
+            log.error("audit write failed: %s", e)
+            raise Unavailable(f"audit log write failed; nothing was recorded: {e}") from None
+
+    def _get(self, seq: int) -> StoredRecord:
+        r = self.store.get(seq)
+        if r is None:  # pragma: no cover - the index only holds committed records
+            raise Unavailable(f"audit record {seq} missing")
+        return r
+
+
+def _consent_record(pseudonym: str, consent: bool | None, source: str, now: datetime) -> NewRecord:
+    return NewRecord(
+        "consent",
+        now,
+        pseudonym,
+        None,
+        {"marketing_consent": consent, "source": source, "observed_at": encode_time(now)},
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = ["Deployment", "Desk"]

@@ -1,0 +1,325 @@
+"""gRPC shell: protobuf in, one call into the Desk, protobuf out; errors mapped in one place.
+
+Registers standard health checking and reflection so grpcurl and probes work. The servicer holds
+no logic of its own; `status_for` is the only place that chooses status codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from offerdesk.v1 import offerdesk_pb2 as pb
+from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from audit.errors import AuditError
+from audit.records import StoredRecord, decode_time
+from audit.store import AuditStore
+from audit.vault import Vault
+from service import validation
+from service.desk import Desk
+from service.errors import (
+    AlreadyExists,
+    CatalogError,
+    InvalidArgument,
+    ModelError,
+    NotFound,
+    OfferDeskError,
+    Unavailable,
+)
+from service.profiles import ProfileSource
+from service.registry import Registry
+from service.settings import Settings
+
+log = logging.getLogger("offerdesk")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
+T = TypeVar("T")
+
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (AuditError, grpc.StatusCode.UNAVAILABLE),
+    (CatalogError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ModelError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(error: Exception) -> grpc.StatusCode:
+    """The one mapping from domain errors to gRPC status codes."""
+    for kind, code in _STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+_tracer = trace.get_tracer("offerdesk")
+
+
+def _ts(at: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(at.astimezone(UTC).replace(tzinfo=None))
+    return ts
+
+
+def decision_response(record: StoredRecord, outcome: str | None) -> pb.DecideResponse:
+    """A DecideResponse from the logged decision record: the log is what the caller sees."""
+    b = record.body
+    resp = pb.DecideResponse(
+        decision_id=b["decision_id"],
+        kind=pb.OFFER if b["kind"] == "offer" else pb.NO_OFFER,
+        agent_message=b["agent_message"],
+        model_version=b["model_version"],
+        catalog_version=b["catalog_version"],
+        trace_id=b["trace_id"],
+        decided_at=_ts(decode_time(b["inputs"]["now"])),
+        audit_sequence=record.seq,
+        outcome=pb.Outcome.Value(outcome.upper()) if outcome else pb.OUTCOME_UNSPECIFIED,
+    )
+    if b["no_offer_reason"]:
+        resp.no_offer_reason = pb.NoOfferReason.Value(b["no_offer_reason"])
+    c = b["card"]
+    if c is not None:
+        cur = c["currency"]
+        resp.card.CopyFrom(
+            pb.OfferCard(
+                offer_id=c["offer_id"],
+                offer_name=c["offer_name"],
+                offer_kind=pb.OfferKind.Value(c["offer_kind"].upper()),
+                product=c["product"],
+                variant=pb.Variant(
+                    id=c["variant_id"],
+                    name=c["variant_name"],
+                    price=pb.Money(amount_minor=c["price_minor"], currency=cur),
+                    list_price=pb.Money(amount_minor=c["list_price_minor"], currency=cur),
+                    discount_bps=c["discount_bps"],
+                ),
+                talking_points=c["talking_points"],
+                reasons=[
+                    pb.Reason(
+                        text=r["text"],
+                        feature=r["feature"],
+                        value=r["value"],
+                        contribution=r["contribution"],
+                    )
+                    for r in c["reasons"]
+                ],
+                firing_rule=pb.FiringRule(**c["firing_rule"]),
+                p_accept=c["p_accept"],
+                expected_value=pb.Money(
+                    amount_minor=round(c["expected_value_minor"]), currency=cur
+                ),
+                explored=c["explored"],
+            )
+        )
+    for w in b["why_not"]:
+        item = pb.WhyNot(
+            offer_id=w["offer_id"],
+            code=pb.WhyNotCode.Value(w["code"]),
+            rule_id=w["rule_id"],
+            detail=w["detail"],
+        )
+        if w["value"] is not None:
+            item.value = w["value"]
+        resp.why_not.append(item)
+    return resp
+
+
+class OfferDeskServicer(pb_grpc.OfferDeskServicer):
+    """Thin shell over the Desk: translate, call, translate back."""
+
+    def __init__(self, desk: Desk, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.desk = desk
+        self.clock = clock
+
+    def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> Any:
+        with _tracer.start_as_current_span("offerdesk.Decide") as span:
+            trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+            with _errors(context):
+                now = self.clock()
+                catalog = self.desk.deployment.catalog
+                cmd = validation.decide_command(
+                    request,
+                    now=now,
+                    tags=catalog.spec.ticket_tags,
+                    fields=catalog.spec.ticket_fields,
+                )
+                record = self.desk.decide(cmd, now=now, trace_id=trace_id)
+                return decision_response(record, self.desk.outcome_of(record.body["decision_id"]))
+
+    def RecordOutcome(self, request: pb.RecordOutcomeRequest, context: grpc.ServicerContext) -> Any:
+        with _errors(context):
+            now = self.clock()
+            cmd = validation.outcome_command(request, now=now)
+            record, outcome = self.desk.record_outcome(cmd, now=now)
+            return pb.RecordOutcomeResponse(
+                decision_id=cmd.decision_id,
+                outcome=pb.Outcome.Value(outcome.upper()),
+                audit_sequence=record.seq,
+                recorded_at=_ts(record.recorded_at),
+            )
+
+    def RecordConversion(
+        self,
+        request: pb.RecordConversionRequest,
+        context: grpc.ServicerContext,
+    ) -> Any:
+        with _errors(context):
+            now = self.clock()
+            cmd = validation.conversion_command(request, now=now)
+            record = self.desk.record_conversion(cmd, now=now)
+            return pb.RecordConversionResponse(
+                transaction_id=cmd.transaction_id,
+                audit_sequence=record.seq,
+                recorded_at=_ts(record.recorded_at),
+            )
+
+    def GetDecision(self, request: pb.GetDecisionRequest, context: grpc.ServicerContext) -> Any:
+        with _errors(context):
+            which = request.WhichOneof("key")
+            if which == "decision_id":
+                record = self.desk.find_decision(decision_id=request.decision_id)
+            elif which == "request_key":
+                record = self.desk.find_decision(request_key=request.request_key)
+            else:
+                raise InvalidArgument("key", "set decision_id or request_key")
+            return decision_response(record, self.desk.outcome_of(record.body["decision_id"]))
+
+
+@contextlib.contextmanager
+def _errors(context: grpc.ServicerContext) -> Iterator[None]:
+    try:
+        yield
+    except OfferDeskError as e:
+        context.abort(status_for(e), str(e))
+    except AuditError as e:
+        context.abort(status_for(e), f"audit log unavailable: {e}")
+    except Exception as e:
+        log.exception("internal error")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+
+@dataclass
+class Running:
+    """A started server and everything it owns; `stop()` shuts it down cleanly."""
+
+    server: grpc.Server
+    port: int
+    desk: Desk
+    health: health.HealthServicer
+    _stop: threading.Event
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.desk.store.close()
+        self.desk.vault.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start(settings: Settings) -> Running:
+    """Open the log and state, load the active model and catalog, and start listening."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # ids for the log; no exporter unless set
+    registry = Registry(settings.registry_dir)
+    active = registry.active()  # fail before opening anything if nothing was trained
+    models = registry.load_models(active.model)
+    catalog = registry.load_catalog(active.catalog)
+    store = AuditStore.open(settings.audit_path)
+    try:
+        vault = Vault.open(settings.vault_path)
+        profiles = ProfileSource(settings.profiles_source, settings.identities_source)
+        desk = Desk(store, vault, profiles, registry, settings.load_secrets())
+        from service.desk import Deployment
+
+        desk.deploy(Deployment(models, catalog), "start")
+    except BaseException:
+        store.close()
+        raise
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers))
+    pb_grpc.add_OfferDeskServicer_to_server(OfferDeskServicer(desk), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        store.close()
+        raise Unavailable(f"cannot listen on {settings.listen}")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    stop = threading.Event()
+    running = Running(server, port, desk, health_servicer, stop)
+    threading.Thread(
+        target=_background,
+        args=(running, settings, registry),
+        daemon=True,
+        name="offerdesk-background",
+    ).start()
+    log.info("listening on %s (port %d)", settings.listen, port)
+    return running
+
+
+def _background(running: Running, settings: Settings, registry: Registry) -> None:
+    """Polls for a new active model/catalog and refreshes profiles, until stopped."""
+    stamp = registry.active_stamp()
+    next_refresh = settings.profile_refresh_seconds
+    waited = 0.0
+    while not running._stop.wait(settings.reload_poll_seconds):
+        waited += settings.reload_poll_seconds
+        new_stamp = registry.active_stamp()
+        if new_stamp != stamp:
+            stamp = new_stamp
+            try:
+                running.desk.reload_active("reload")
+            except Exception as e:  # a bad file never replaces a good one
+                log.error("reload refused, still serving the previous version: %s", e)
+        if waited >= next_refresh:
+            next_refresh += settings.profile_refresh_seconds
+            try:
+                running.desk.refresh_profiles()
+            except Exception as e:
+                log.error("profile refresh failed, keeping the previous copy: %s", e)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight calls and close the log cleanly."""
+    running = start(settings)
+    done = threading.Event()
+
+    def _shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %d: draining", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    with contextlib.suppress(KeyboardInterrupt):
+        done.wait()
+    running.stop()
