@@ -19,14 +19,8 @@ import numpy as np
 import pyarrow as pa
 from catboost import CatBoostClassifier, Pool
 
-from service.catalog import Catalog, Offer, Variant, currency_exponent
-from service.features import (
-    ORGANIC_FEATURES,
-    RANKER_FEATURES,
-    FeatureSet,
-    OfferTerms,
-    build_matrix,
-)
+from service.catalog import Catalog
+from service.features import ORGANIC_FEATURES, RANKER_FEATURES, FeatureSet, build_matrix
 
 #: called as progress(model, iterations done, iterations in all); model is "ranker" or "organic"
 Progress = Callable[[str, int, int], None]
@@ -101,15 +95,6 @@ class TrainingRows:
         )
 
 
-def _terms(offer: Offer, variant: Variant, currency: str, *, discount: bool) -> OfferTerms:
-    # Serving must build OfferTerms the same way (price in major units); see the report on
-    # moving this next to OfferTerms in service.features.
-    price = variant.price_minor / 10 ** currency_exponent(currency)
-    return OfferTerms(
-        offer.id, offer.kind, offer.product, variant.discount_pct if discount else 0.0, price
-    )
-
-
 def training_rows_from_history(
     history: pa.Table, catalog: Catalog
 ) -> tuple[TrainingRows, TrainingRows]:
@@ -129,9 +114,9 @@ def training_rows_from_history(
             "offer terms must come from the catalog each decision was made with"
         )
     offers = {o.id: o for o in catalog.offers}
-    full_terms = {
-        o.id: _terms(o, o.full_price, catalog.currency, discount=False) for o in catalog.offers
-    }
+    # Catalog.terms is the one construction serving uses too; the full-price variant carries
+    # no discount, as decide() asks the organic model.
+    full_terms = {o.id: catalog.terms(o, o.full_price) for o in catalog.offers}
     ranker: dict[str, list[Any]] = {k: [] for k in ("X", "y", "at", "id", "offer", "p")}
     organic: dict[str, list[Any]] = {k: [] for k in ("X", "y", "at", "id", "offer")}
     columns = (
@@ -151,7 +136,7 @@ def training_rows_from_history(
         if r["offer_id"] is not None:
             offer = offers[r["offer_id"]]
             variant = next(v for v in offer.variants if v.id == r["variant_id"])
-            terms = _terms(offer, variant, catalog.currency, discount=True)
+            terms = catalog.terms(offer, variant)
             ranker["X"].append(build_matrix(RANKER_FEATURES, customer, ticket, contact, [terms]))
             ranker["y"].append(int(r["accepted"]))
             ranker["at"].append(r["decided_at"])

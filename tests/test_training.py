@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 from catboost import Pool
 
-from service.catalog import Catalog, Offer, load_catalog
-from service.features import ORGANIC_FEATURES, RANKER_FEATURES, OfferTerms, build_matrix
+from service.catalog import Catalog, load_catalog
+from service.features import ORGANIC_FEATURES, RANKER_FEATURES, build_matrix
 from service.simulator import (
     World,
     eligible_actions,
@@ -78,12 +78,6 @@ def _spearman(a: Any, b: Any) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _terms(offer: Offer, variant_id: str | None = None) -> OfferTerms:
-    v = next(v for v in offer.variants if v.id == variant_id) if variant_id else offer.full_price
-    discount = v.discount_pct if variant_id else 0.0
-    return OfferTerms(offer.id, offer.kind, offer.product, discount, v.price_minor / 100)
-
-
 @pytest.fixture(scope="module")
 def fresh(world: World, catalog: Catalog) -> dict[str, Any]:
     """Candidates of live tickets the models never saw, with their true probabilities."""
@@ -94,11 +88,15 @@ def fresh(world: World, catalog: Catalog) -> dict[str, Any]:
         assert cid is not None
         c, t = world.view(cid), event["ticket"]
         for offer, variants in eligible_actions(catalog, c, t, contact, event["resolved_at"]):
-            out["ox"].append(build_matrix(ORGANIC_FEATURES, c, t, contact, [_terms(offer)])[0])
+            out["ox"].append(
+                build_matrix(
+                    ORGANIC_FEATURES, c, t, contact, [catalog.terms(offer, offer.full_price)]
+                )[0]
+            )
             out["op"].append(world.truth.p_buy_anyway(c, offer))
             out["oo"].append(offer.id)
             for v in variants:
-                terms = _terms(offer, v.id)
+                terms = catalog.terms(offer, v)
                 out["rx"].append(build_matrix(RANKER_FEATURES, c, t, contact, [terms])[0])
                 out["rp"].append(world.truth.p_accept(c, t, contact, offer, v))
                 out["ro"].append(offer.id)
@@ -120,15 +118,21 @@ def test_ranker_rows_are_the_shown_offers_built_by_the_feature_function(
     discounted = next(r for r in logged if r["variant_id"] != "full")
     i = logged.index(discounted)
     offer = next(o for o in catalog.offers if o.id == discounted["offer_id"])
+    variant = next(v for v in offer.variants if v.id == discounted["variant_id"])
+    customer = json.loads(discounted["customer"])
     expected = build_matrix(
         RANKER_FEATURES,
-        json.loads(discounted["customer"]),
+        customer,
         json.loads(discounted["ticket"]),
         json.loads(discounted["contact"]),
-        [_terms(offer, discounted["variant_id"])],
+        [catalog.terms(offer, variant)],
     )[0]
     assert [str(x) for x in ranker.X[i]] == [str(x) for x in expected]
-    assert ranker.X[i][RANKER_FEATURES.names.index("discount_pct")] > 0
+    column = dict(zip(RANKER_FEATURES.names, ranker.X[i], strict=True))
+    assert column["discount_pct"] == variant.discount_pct > 0
+    assert column["price_to_spend"] == pytest.approx(
+        variant.price_minor / 100 / customer["monthly_spend"]
+    )
 
 
 def test_organic_rows_are_every_offer_not_shown(
@@ -149,7 +153,7 @@ def test_organic_rows_are_every_offer_not_shown(
         json.loads(first["customer"]),
         json.loads(first["ticket"]),
         json.loads(first["contact"]),
-        [_terms(offer)],
+        [catalog.terms(offer, offer.full_price)],
     )[0]
     assert [str(x) for x in organic.X[0]] == [str(x) for x in expected]
 
