@@ -609,13 +609,16 @@ class _Rulebook:
             ]
             self.offers.append((o, offer_vars, variants))
 
-    def actions(self, ctx: Any) -> list[tuple[Offer, list[Variant]]]:
+    def actions(self, ctx: Any, owned: Sequence[str]) -> list[tuple[Offer, list[Variant]]]:
         """Offers (catalog order) whose guardrails, triggers and eligibility pass on `ctx`, each
-        with its variants whose eligibility passes; an offer left with no variant is dropped."""
+        with its variants whose eligibility passes; an offer left with no variant is dropped, and
+        so is one whose product the customer owns (decide() never offers what they have)."""
         if not all(rules.evaluate(r, ctx).ok for r in self.guardrails):
             return []
         out = []
         for offer, offer_vars, variants in self.offers:
+            if offer.product in owned:
+                continue
             if offer_vars is not None:
                 rules.bind(ctx, "offer", offer_vars)
             if not any(rules.evaluate(t.rule, ctx).ok for t in offer.triggers):
@@ -640,10 +643,11 @@ def eligible_actions(
     contact: Mapping[str, Any],
     now: datetime,
 ) -> list[tuple[Offer, list[Variant]]]:
-    """What the old process could offer on one ticket before its contact policy: offers whose
-    guardrails, triggers and eligibility pass (catalog order), each with its passing variants."""
+    """What the old process could offer on one ticket before its contact policy: offers not
+    owned whose guardrails, triggers and eligibility pass (catalog order), with their passing
+    variants."""
     ctx = rules.new_context(rules.decision_variables(customer, ticket, contact, now))
-    return _Rulebook(catalog).actions(ctx)
+    return _Rulebook(catalog).actions(ctx, customer.get("owned_products", ()))
 
 
 def _references(rule: rules.Rule) -> set[str]:
@@ -741,7 +745,8 @@ def simulate(
     seen as canonical JSON — `customer` (customer_view of the profile), `ticket` and `contact`
     (the contact summary from the offers made so far in the window). The old process (logging
     policy) collected `eligible`: every (offer, variant) whose guardrails, triggers and
-    eligibility passed under service.rules and whose offer the catalog's contact policy allowed
+    eligibility passed under service.rules, whose product the customer did not own (as in
+    decide()), and whose offer the catalog's contact policy allowed
     (consent, cap, cooldowns, blackouts). With probability SHOW_PROBABILITY it then showed one:
     an offer uniformly among the eligible offers, then a variant uniformly among that offer's
     eligible variants, so `propensity` = SHOW_PROBABILITY / n_offers / n_variants(offer);
@@ -861,7 +866,11 @@ def _history(
                 ctx = contexts[i] = rules.new_context(
                     rules.decision_variables(view, ticket, contact, at)
                 )
-            actions = [(o, vs) for o, vs in book.actions(ctx) if o.id not in cooling]
+            actions = [
+                (o, vs)
+                for o, vs in book.actions(ctx, view["owned_products"])
+                if o.id not in cooling
+            ]
         offer: Offer | None = None
         variant: Variant | None = None
         accepted: bool | None = None

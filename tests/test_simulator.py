@@ -77,6 +77,8 @@ def _rule_eligible(
         return {}
     out = {}
     for o in catalog.offers:
+        if o.product in customer["owned_products"]:
+            continue  # decide() never offers what the customer has
         rules.bind(ctx, "offer", rules.offer_variables(o.id, o.kind, o.product, o.lever))
         if not any(rules.evaluate(t.rule, ctx).ok for t in o.triggers):
             continue
