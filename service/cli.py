@@ -242,3 +242,7 @@ def _load_catalog_or_exit(path: Path, loader: object) -> object:
         for p in e.problems:
             err.print(f"[red]✗[/red] {p}")
         raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":
+    app()
