@@ -29,8 +29,9 @@ Progress = Callable[[str, int, int], None]
 VALIDATION_SHARE = 0.2
 # Model size is a latency decision as much as an accuracy one: decide() computes exact SHAP for
 # the chosen candidate, and its cost grows with trees x 2^depth. On the default simulation
-# (2 cores) 200 trees of depth 4 explain one row in ~1.2 ms (300 x depth 6: ~6.5 ms) and hold
-# out as well as the larger sizes tried (ranker AUC 0.74 vs 0.72-0.74; organic 0.755 vs 0.757).
+# (2 cores) 200 trees of depth 4 explain one row in ~1.1-1.5 ms (300 x depth 6: ~6.5 ms) and
+# hold out as well as the larger sizes tried (ranker AUC 0.74 vs 0.72-0.74; organic 0.755 vs
+# 0.757), while fitting both models in ~9 s.
 DEFAULT_ITERATIONS = 200
 DEFAULT_DEPTH = 4
 DEFAULT_LEARNING_RATE = 0.08
