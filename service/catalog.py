@@ -89,6 +89,9 @@ class OfferSpec(_Strict):
     product: Id
     #: business weight on value (Pega's "lever"): 1.0 neutral, >1 push, <1 hold back
     lever: float = Field(default=1.0, gt=0, le=10)
+    #: a pack that can be bought again (storage, API quota); otherwise owning the product
+    #: excludes the offer
+    repeatable: bool = False
     talking_points: list[str] = Field(min_length=1, max_length=5)
     triggers: list[TriggerSpec] = Field(min_length=1)
     eligibility: list[RuleSpec] = []
@@ -211,6 +214,7 @@ class Offer:
     kind: str
     product: str
     lever: float
+    repeatable: bool
     talking_points: tuple[str, ...]
     triggers: tuple[Trigger, ...]
     eligibility: tuple[Rule, ...]
@@ -350,6 +354,7 @@ def parse_catalog(source: bytes, name: str = "<catalog>") -> Catalog:
                 o.kind,
                 o.product,
                 o.lever,
+                o.repeatable,
                 tuple(o.talking_points),
                 tuple(Trigger(comp(t, where), t.priority) for t in o.triggers),
                 tuple(comp(r, where) for r in o.eligibility),

@@ -286,7 +286,7 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
         return None if verdict.ok else Exclusion("RULE_FAILED", rule.id, rule.description)
 
     for offer in catalog.offers:
-        if offer.product in owned:
+        if offer.product in owned and not offer.repeatable:
             exclusions[offer.id] = Exclusion(
                 "ALREADY_OWNED", "customer.owned_products", f"Already has {offer.product}."
             )
