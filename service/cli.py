@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from service.catalog import Catalog
 from service.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -80,11 +81,10 @@ def simulate(
     seed: int = 7,
 ) -> None:
     """Write a simulated customer base, identity map and bootstrap history (Parquet)."""
-    from service.catalog import load_catalog
     from service.simulator import simulate as run
 
     settings = _settings(config, data_dir)
-    cat = _load_catalog_or_exit(catalog, load_catalog)
+    cat = _load_catalog_or_exit(catalog)
     with console.status("simulating customers and history…"):
         s = run(cat, settings.profile_dir, customers=customers, history_tickets=tickets, seed=seed)
     console.print(
@@ -106,10 +106,9 @@ def train(
     activate: Annotated[bool, typer.Option(help="Make the new model active.")] = True,
 ) -> None:
     """Train the acceptance and organic-purchase models on the simulator's bootstrap history."""
-    from service.catalog import load_catalog
 
     settings = _settings(config, data_dir)
-    cat = _load_catalog_or_exit(catalog, load_catalog)
+    cat = _load_catalog_or_exit(catalog)
     version = train_default(settings, cat, iterations=iterations, depth=depth, activate=activate)
     console.print(
         f"model {version} stored in {settings.registry_dir}" + (" and active" if activate else "")
@@ -118,7 +117,7 @@ def train(
 
 def train_default(
     settings: Settings,
-    cat: object,
+    cat: Catalog,
     *,
     iterations: int | None = None,
     depth: int | None = None,
@@ -126,14 +125,12 @@ def train_default(
     seed: int = 0,
 ) -> str:
     """Train from data_dir/profiles/history.parquet, store in the registry, optionally activate."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from service import training
-    from service.catalog import Catalog
     from service.registry import Registry
     from service.simulator import load_history
 
-    assert isinstance(cat, Catalog)
     if not (settings.profile_dir / "history.parquet").exists():
         err.print(f"[red]no history at {settings.profile_dir}[/red]: run `offerdesk simulate`")
         raise typer.Exit(1)
@@ -148,7 +145,7 @@ def train_default(
         TimeElapsedColumn(),
         console=console,
     ) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(name: str, done: int, total: int) -> None:
             if name not in tasks:
@@ -185,9 +182,9 @@ def demo(
 @catalog_app.command("check")
 def catalog_check(file: Annotated[Path, typer.Argument(help="Catalog YAML file.")]) -> None:
     """Validate a catalog: schema, CEL syntax, and every rule run on typed sample contexts."""
-    from service.catalog import check_catalog, load_catalog
+    from service.catalog import check_catalog
 
-    cat = _load_catalog_or_exit(file, load_catalog)
+    cat = _load_catalog_or_exit(file)
     problems = check_catalog(cat)
     if problems:
         for p in problems:
@@ -233,11 +230,12 @@ def audit_verify(
         raise typer.Exit(1)
 
 
-def _load_catalog_or_exit(path: Path, loader: object) -> object:
+def _load_catalog_or_exit(path: Path) -> Catalog:
+    from service.catalog import load_catalog
     from service.errors import CatalogError
 
     try:
-        return loader(path)  # type: ignore[operator]
+        return load_catalog(path)
     except CatalogError as e:
         for p in e.problems:
             err.print(f"[red]✗[/red] {p}")

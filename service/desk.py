@@ -161,6 +161,7 @@ class Desk:
     def decide(self, cmd: DecideCommand, *, now: datetime, trace_id: str) -> StoredRecord:
         key_hash = keyed_hash(self._hash_key, cmd.request_key, domain="request_key")
         mine: Future[StoredRecord] | None = None
+        waiting: Future[StoredRecord] | None = None
         with self._index_lock:
             existing = self._existing(key_hash, cmd.payload_hash)
             if existing is None:
@@ -170,6 +171,7 @@ class Desk:
         if existing is not None:
             return existing
         if mine is None:
+            assert waiting is not None
             # A concurrent duplicate is being decided: wait for it, then answer as a retry.
             waiting.result(timeout=30)
             with self._index_lock:

@@ -101,8 +101,10 @@ class Settings(BaseSettings):
     def load_secrets(self) -> Secrets:
         """Read the hash keys from the environment or from files, creating the files once."""
         return Secrets(
-            hash_key=_secret(self.secrets_dir / "hash.key", "OFFERDESK_HASH_KEY"),
-            holdout_key=_secret(self.secrets_dir / "holdout.key", "OFFERDESK_HOLDOUT_KEY"),
+            hash_key=SecretBytes(_secret(self.secrets_dir / "hash.key", "OFFERDESK_HASH_KEY")),
+            holdout_key=SecretBytes(
+                _secret(self.secrets_dir / "holdout.key", "OFFERDESK_HOLDOUT_KEY")
+            ),
         )
 
 
