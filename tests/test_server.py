@@ -69,11 +69,12 @@ def treated_customers(world: World, settings: Settings) -> list[str]:
 
 def first_offer(
     stub: pb_grpc.OfferDeskStub, world: World, settings: Settings, prefix: str = "k"
-) -> tuple[str, pb.DecideResponse]:
+) -> tuple[str, pb.DecideResponse, str]:
+    """The first treated customer who gets an offer, the response, and its request key."""
     for i, cid in enumerate(treated_customers(world, settings)[:200]):
         resp = stub.Decide(request(world, cid, f"{prefix}-{i}"))
         if resp.kind == pb.OFFER:
-            return cid, resp
+            return cid, resp, f"{prefix}-{i}"
     raise AssertionError("no customer got an offer in 200 tries")
 
 
@@ -82,7 +83,7 @@ def count(server: Running) -> int:
 
 
 def test_decide_outcome_and_audit_end_to_end(stub, server, world, settings) -> None:
-    cid, resp = first_offer(stub, world, settings)
+    cid, resp, key = first_offer(stub, world, settings)
     assert resp.decision_id.startswith("d_") and resp.card.offer_id
     assert resp.card.firing_rule.id and resp.card.firing_rule.expression
     assert 0 < resp.card.p_accept < 1 and len(resp.card.reasons) <= 3
@@ -99,8 +100,11 @@ def test_decide_outcome_and_audit_end_to_end(stub, server, world, settings) -> N
         )
     )
     assert ack.audit_sequence > resp.audit_sequence
-    got = stub.GetDecision(pb.GetDecisionRequest(request_key=resp.request_key or "k-0"))
-    assert got.decision_id == resp.decision_id and got.outcome == pb.DECLINED
+    by_key = stub.GetDecision(pb.GetDecisionRequest(request_key=key))
+    by_id = stub.GetDecision(pb.GetDecisionRequest(decision_id=resp.decision_id))
+    assert by_key == by_id and by_id.outcome == pb.DECLINED
+    resp.outcome = pb.DECLINED
+    assert by_id == resp  # the log is what the caller saw
     server.stop()
     report = verify_file(settings.audit_path)
     assert report.ok, report.problem
@@ -110,7 +114,7 @@ def test_decide_outcome_and_audit_end_to_end(stub, server, world, settings) -> N
         ).fetchall()
     text = "\n".join(r[2] for r in rows)
     kinds = [r[0] for r in rows]
-    assert "decision" in kinds and "outcome" in kinds and "deployment" in kinds
+    assert {"decision", "outcome", "deployment", "consent"} <= set(kinds)
     # No raw identifiers or free text in the chained log.
     assert cid not in text and world.external_ids(cid)["zendesk"] not in text
     assert "Jane Roe" not in text and "ZD-k-" not in text
@@ -158,7 +162,7 @@ def test_concurrent_duplicates_make_one_decision(stub, server, world, settings) 
 def test_outcome_is_idempotent_and_a_different_one_is_refused(
     stub, server, world, settings
 ) -> None:
-    _, resp = first_offer(stub, world, settings)
+    _, resp, _ = first_offer(stub, world, settings)
     req = pb.RecordOutcomeRequest(
         decision_id=resp.decision_id, outcome=pb.ACCEPTED, agent_id="agent-1", occurred_at=ts()
     )
@@ -319,7 +323,7 @@ def test_holdout_customer_sees_a_neutral_no_offer_and_the_would_be_offer_is_logg
 def test_concurrent_decisions_for_one_customer_cannot_both_pass_the_cap(
     stub, server, world, settings
 ) -> None:
-    cid, _ = first_offer(stub, world, settings, prefix="cap")
+    cid, _, _ = first_offer(stub, world, settings, prefix="cap")
     out: list[pb.DecideResponse] = []
     keys = [f"cap-burst-{i}" for i in range(12)]
     categories = ["billing", "how_to", "access", "performance", "feature_request", "bug"]
@@ -344,7 +348,7 @@ def test_contact_counts_survive_a_restart(world, settings) -> None:
     running = start(settings)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
         stub = pb_grpc.OfferDeskStub(ch)
-        cid, resp = first_offer(stub, world, settings, prefix="rs")
+        cid, resp, _ = first_offer(stub, world, settings, prefix="rs")
         stub.RecordOutcome(
             pb.RecordOutcomeRequest(
                 decision_id=resp.decision_id,
