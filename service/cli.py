@@ -219,6 +219,10 @@ def audit_verify(
         report = verify_file(target)
     except AuditLocked as e:
         err.print(f"[yellow]{e}[/yellow]")
+        err.print(
+            "Today: stop the service (SIGTERM drains in-flight calls and closes the log), "
+            "then run `offerdesk audit verify` again."
+        )
         raise typer.Exit(3) from None
     if report.ok:
         console.print(
