@@ -29,7 +29,7 @@ from pydantic import (
 
 from service.errors import CatalogError
 from service.features import OfferTerms
-from service.rules import Rule, compile_rule
+from service.rules import Rule, compile_rule, offer_variables, variant_variables
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: ISO 4217 minor-unit exponents that differ from 2
@@ -261,6 +261,21 @@ class Catalog:
             variant.price_minor / 10.0**self.exponent,
         )
 
+    def offer_variables(self, offer: Offer) -> dict[str, Any]:
+        """The `offer` variable rules see for this offer."""
+        return offer_variables(offer.id, offer.kind, offer.product, offer.lever)
+
+    def variant_variables(self, variant: Variant) -> dict[str, Any]:
+        """The `variant` variable rules see: amounts in major units, as doubles."""
+        scale = 10.0**self.exponent
+        return variant_variables(
+            variant.id,
+            variant.price_minor / scale,
+            variant.list_price_minor / scale,
+            variant.discount_pct,
+            variant.margin_minor / scale,
+        )
+
     def offer(self, offer_id: str) -> Offer | None:
         return next((o for o in self.offers if o.id == offer_id), None)
 
@@ -471,20 +486,9 @@ def check_catalog(catalog: Catalog) -> list[str]:
             if v.error:
                 problems.append(f"guardrails, rule {rule.id}: {label}: {v.error}")
         for o in catalog.offers:
-            rules.bind(ctx, "offer", rules.offer_variables(o.id, o.kind, o.product, o.lever))
-            scale = 10.0**catalog.exponent
+            rules.bind(ctx, "offer", catalog.offer_variables(o))
             for v_ in o.variants:
-                rules.bind(
-                    ctx,
-                    "variant",
-                    rules.variant_variables(
-                        v_.id,
-                        v_.price_minor / scale,
-                        v_.list_price_minor / scale,
-                        v_.discount_pct,
-                        v_.margin_minor / scale,
-                    ),
-                )
+                rules.bind(ctx, "variant", catalog.variant_variables(v_))
                 for r in (*(t.rule for t in o.triggers), *o.eligibility, *v_.eligibility):
                     v = rules.evaluate(r, ctx)
                     msg = f"offer {o.id}, rule {r.id}: {label}: {v.error}"

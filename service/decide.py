@@ -294,7 +294,7 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
         rules.bind(
             context,
             "offer",
-            rules.offer_variables(offer.id, offer.kind, offer.product, offer.lever),
+            catalog.offer_variables(offer),
         )
         fired = _firing_trigger(offer, context, errors)
         if fired is None:
@@ -312,7 +312,7 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
         first_variant_exclusion = None
         eligible_variants = 0
         for variant in offer.variants:
-            rules.bind(context, "variant", _variant_vars(variant, catalog))
+            rules.bind(context, "variant", catalog.variant_variables(variant))
             excluded = next((e for e in map(check, variant.eligibility) if e), None)
             if excluded:
                 first_variant_exclusion = first_variant_exclusion or excluded
@@ -404,17 +404,6 @@ def _firing_trigger(offer: Offer, context: Any, errors: list[tuple[str, str]]) -
         if verdict.ok and (fired is None or trigger.priority > fired[0]):
             fired = (trigger.priority, trigger.rule)
     return None if fired is None else fired[1]
-
-
-def _variant_vars(variant: Variant, catalog: Catalog) -> dict[str, Any]:
-    scale = 10.0**catalog.exponent
-    return rules.variant_variables(
-        variant.id,
-        variant.price_minor / scale,
-        variant.list_price_minor / scale,
-        variant.discount_pct,
-        variant.margin_minor / scale,
-    )
 
 
 def _money(catalog: Catalog) -> Any:

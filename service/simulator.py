@@ -581,27 +581,20 @@ class _Rulebook:
     """
 
     def __init__(self, catalog: Catalog) -> None:
-        div = 10 ** currency_exponent(catalog.currency)
         self.guardrails = catalog.guardrails
         self.offers = []
         for o in catalog.offers:
             offer_rules = [t.rule for t in o.triggers] + list(o.eligibility)
             offer_rules += [r for v in o.variants for r in v.eligibility]
             offer_vars = (
-                rules.offer_variables(o.id, o.kind, o.product, o.lever)
+                catalog.offer_variables(o)
                 if any("offer" in _references(r) for r in offer_rules)
                 else None
             )
             variants = [
                 (
                     v,
-                    rules.variant_variables(
-                        v.id,
-                        v.price_minor / div,
-                        v.list_price_minor / div,
-                        v.discount_pct,
-                        v.margin_minor / div,
-                    )
+                    catalog.variant_variables(v)
                     if any("variant" in _references(r) for r in v.eligibility)
                     else None,
                 )

@@ -188,20 +188,8 @@ def test_guardrails_always_win_over_model_and_exploration(
         )
         assert offer.repeatable or offer.product not in c["owned_products"]
         ctx = rules.new_context(rules.decision_variables(c, t, d.contact, now))
-        rules.bind(
-            ctx, "offer", rules.offer_variables(offer.id, offer.kind, offer.product, offer.lever)
-        )
-        rules.bind(
-            ctx,
-            "variant",
-            {
-                "id": variant.id,
-                "price": variant.price_minor / 100,
-                "list_price": variant.list_price_minor / 100,
-                "discount_pct": variant.discount_pct,
-                "margin": variant.margin_minor / 100,
-            },
-        )
+        rules.bind(ctx, "offer", cat.offer_variables(offer))
+        rules.bind(ctx, "variant", cat.variant_variables(variant))
         assert rules.evaluate(d.card.firing_rule, ctx).ok
         for rule in (*offer.eligibility, *variant.eligibility):
             assert rules.evaluate(rule, ctx).ok, rule.id
