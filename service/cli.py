@@ -176,7 +176,10 @@ def demo(
     """Simulate, train, serve on loopback and play a few hundred tickets through it."""
     from service.demo import run
 
-    raise typer.Exit(run(data_dir, tickets, console))
+    recording = Console(record=True)
+    code = run(data_dir, tickets, recording)
+    recording.save_svg(str(data_dir / "demo.svg"), title="offerdesk demo")
+    raise typer.Exit(code)
 
 
 @catalog_app.command("check")

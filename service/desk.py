@@ -353,6 +353,9 @@ class Desk:
         changed = self.profiles.refresh()
         records = []
         now = _now()
+        # Offers older than any window are never read again (they stay in the log).
+        lookback = policy.lookback_days(self.deployment.catalog.policy.contact)
+        self.contacts.prune(now - timedelta(days=lookback + 1))
         for customer_id, consent in changed.items():
             pseudonym = self.vault.lookup(customer_id)
             if pseudonym is not None:
