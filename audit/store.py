@@ -73,8 +73,8 @@ def connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise AuditLocked(
             f"audit log {path} is held by another process, normally the running offerdesk "
             f"service ({holder.group(0) if holder else exc}). DuckDB lets only one process "
-            "open the file, even read-only, so verification and queries must go through the "
-            "service or a Parquet export of the log."
+            "open the file, even read-only, so it cannot be verified or queried from here "
+            "while the service runs."
         ) from exc
     except duckdb.ConnectionException as exc:
         if "different configuration" not in str(exc):

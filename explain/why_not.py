@@ -35,11 +35,13 @@ def why_not(
     picked_offer: str | None,
     floor: float,
     money: Callable[[float], str],
+    *,
+    explored: bool = False,
 ) -> tuple[WhyNot, ...]:
     """One entry per offer except the policy's pick, in catalog order.
 
     `best_values` holds each scored offer's best variant value (minor units); `money` renders an
-    amount for people.
+    amount for people; `explored` says the pick was exploration, not the best value.
     """
     out: list[WhyNot] = []
     top = best_values.get(picked_offer) if picked_offer is not None else None
@@ -60,6 +62,17 @@ def why_not(
                     "BELOW_FLOOR",
                     "policy.value_floor",
                     f"Expected to add {money(value)}, below the floor of {money(floor)}.",
+                    value,
+                )
+            )
+        elif explored:
+            out.append(
+                WhyNot(
+                    offer_id,
+                    "EXPLORED",
+                    "policy.exploration",
+                    f"Expected to add {money(value)}; this decision explored "
+                    "another option to learn what works.",
                     value,
                 )
             )

@@ -5,9 +5,10 @@ holdout membership only from the customer's keyed bucket, so a logged decision r
 Exploration only ever picks among actions that already passed every guardrail.
 
 Policy (documented in docs/decisions.md): with ε = the catalog's exploration_rate and A = the
-eligible offer × variant candidates plus NO_OFFER, the greedy action g is the candidate with the
-highest value if that value clears the floor, else NO_OFFER; each action a is taken with
-probability π(a) = (1 − ε)·[a = g] + ε/|A|. The logged propensity of a decision is π(chosen).
+eligible offer × variant candidates whose value clears the floor, plus NO_OFFER, the greedy
+action g is the candidate in A with the highest value, or NO_OFFER if there is none; each action
+a in A is taken with probability π(a) = (1 − ε)·[a = g] + ε/|A| (and π(NO_OFFER) = 1 when A holds
+nothing else); candidates below the floor have π = 0. The logged propensity is π(chosen).
 """
 
 from __future__ import annotations
@@ -81,18 +82,24 @@ def arbitrate(scored: Sequence[Scored], *, floor: float, epsilon: float, seed: i
     """Pick one action: the best value above the floor, or NO_OFFER; explore with rate ε."""
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must be within [0, 1], got {epsilon}")
+    # Only actions worth at least the floor are ever taken, exploration included: exploring
+    # never pays a customer who would buy anyway, and the floor is a form of restraint.
+    worth = [s for s in scored if s.value >= floor]
     greedy = NO_OFFER
-    if scored:
+    if worth:
         # max() keeps the first of equal values: ties go to catalog order.
-        best = max(scored, key=lambda s: s.value)
-        if best.value >= floor:
-            greedy = best.key
-    actions = [s.key for s in scored] + [NO_OFFER]
+        greedy = max(worth, key=lambda s: s.value).key
+    actions = [s.key for s in worth] + [NO_OFFER]
+    share = epsilon / len(actions) if len(actions) > 1 else 0.0
+    taken = {a: (1.0 - epsilon) * (a == greedy) + share for a in actions}
     if len(actions) == 1:
-        return Arbitration(NO_OFFER, NO_OFFER, False, ((NO_OFFER, 1.0),))
-    share = epsilon / len(actions)
-    probabilities = tuple((a, (1.0 - epsilon) * (a == greedy) + share) for a in actions)
+        taken = {NO_OFFER: 1.0}
+    probabilities = (
+        *((s.key, taken.get(s.key, 0.0)) for s in scored),
+        (NO_OFFER, taken[NO_OFFER]),
+    )
     rng = random.Random(seed)
     u_explore, u_pick = rng.random(), rng.random()
-    chosen = actions[int(u_pick * len(actions))] if u_explore < epsilon else greedy
+    explore = len(actions) > 1 and u_explore < epsilon
+    chosen = actions[int(u_pick * len(actions))] if explore else greedy
     return Arbitration(greedy, chosen, chosen != greedy, probabilities)

@@ -376,6 +376,21 @@ def parse_catalog(source: bytes, name: str = "<catalog>") -> Catalog:
                 tuple(variants),
             )
         )
+    # Rules run at three levels; a rule must not read a variable its level does not set yet
+    # (the context is reused, so it would silently see another candidate's value).
+    levels = [(r, "guardrails, ", {"offer", "variant"}) for r in guardrails]
+    for compiled in offers:
+        where = f"offer {compiled.id}, "
+        levels += [(t.rule, where, {"variant"}) for t in compiled.triggers]
+        levels += [(r, where, {"variant"}) for r in compiled.eligibility]
+    for rule, where, unset in levels:
+        read = set(rule.program.variables()) if rule.program is not None else set()
+        if read & unset:
+            problems.append(
+                f"{name}: {where}rule {rule.id}: reads {', '.join(sorted(read & unset))}, which "
+                "is not known at this level (guardrails see customer, ticket, contact and now; "
+                "offer triggers and eligibility add offer; only variant eligibility sees variant)"
+            )
     try:
         to_minor(spec.policy.value_floor, spec.currency)
     except ValueError as e:
@@ -418,8 +433,9 @@ def sample_time() -> datetime:
 def check_catalog(catalog: Catalog) -> list[str]:
     """Run every rule on typed sample contexts; the binding has no type checker, so this is it.
 
-    Samples: a complete customer/ticket, and a sparse one where every optional value is absent
-    (rules must guard those with has()). Returns problems as `offer X, rule Y: sample: error`.
+    Samples: a complete customer/ticket, and a sparse one where every optional value and every
+    custom field is absent (rules must guard those with has()).
+    Returns problems as `offer X, rule Y: sample: error`.
     """
     from service import rules
     from service.features import OPTIONAL_FIELDS
@@ -469,7 +485,11 @@ def check_catalog(catalog: Catalog) -> list[str]:
     samples = {
         "complete sample": (full_customer, full_ticket, full_contact),
         "sparse sample (optional values absent)": tuple(
-            {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS[scope]}
+            {
+                k: ({} if k == "fields" else v)
+                for k, v in d.items()
+                if k not in OPTIONAL_FIELDS[scope]
+            }
             for scope, d in (
                 ("customer", full_customer),
                 ("ticket", full_ticket),

@@ -64,7 +64,7 @@ def serve(
     settings = _settings(config, data_dir, listen=listen)
     try:
         run(settings)
-    except OfferDeskError as e:
+    except (OfferDeskError, ValueError, OSError) as e:
         err.print(f"[red]cannot start:[/red] {e}")
         raise typer.Exit(1) from None
 
@@ -220,6 +220,9 @@ def audit_verify(
         raise typer.Exit(2)
     try:
         report = verify_file(target)
+    except (ValueError, OSError) as e:
+        err.print(f"[red]✗[/red] {target}: cannot read as an audit log: {e}")
+        raise typer.Exit(2) from None
     except AuditLocked as e:
         err.print(f"[yellow]{e}[/yellow]")
         err.print(

@@ -363,7 +363,9 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
     for s in scored:
         best[s.offer_id] = max(best.get(s.offer_id, s.value), s.value)
     picked = None if arb.chosen == NO_OFFER else arb.chosen.split("/", 1)[0]
-    why = why_not(offer_ids, exclusions, best, picked, floor, _money(catalog))
+    why = why_not(
+        offer_ids, exclusions, best, picked, floor, _money(catalog), explored=arb.explored
+    )
 
     if arb.chosen == NO_OFFER:
         reason = "EXPLORATION" if arb.explored else "BELOW_VALUE_FLOOR"

@@ -225,8 +225,9 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
     table.add_row("wall time", f"{time.perf_counter() - t0:.1f} s")
     console.print(table)
     console.print(
-        f'Explore it: duckdb {settings.audit_path} -c "SELECT seq, kind, subject, '
-        'recorded_at FROM audit_records ORDER BY seq LIMIT 20"'
+        'Explore it (DuckDB 2.x): .venv/bin/python -c "import duckdb; con = duckdb.connect('
+        f"'{settings.audit_path}', read_only=True); con.sql('SELECT seq, kind, subject, "
+        "recorded_at FROM audit_records ORDER BY seq LIMIT 20').show()\""
     )
     return 0 if report.ok else 1
 

@@ -300,6 +300,11 @@ class Desk:
 
     # -- RecordConversion -------------------------------------------------------------------
     def record_conversion(self, cmd: ConversionCommand, *, now: datetime) -> StoredRecord:
+        currency = self.deployment.catalog.currency
+        if cmd.currency != currency:
+            raise InvalidArgument(
+                "amount.currency", f"the catalog sells in {currency}, not {cmd.currency}"
+            )
         txn_hash = keyed_hash(self._hash_key, cmd.transaction_id, domain="transaction")
         customer_id = self.profiles.resolve(cmd.source, cmd.external_id)
         if customer_id is None:

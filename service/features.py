@@ -81,7 +81,17 @@ TICKET_FIELDS: dict[str, type] = {
 
 # Values that may be unknown (absent from the context): rules must guard them with has().
 OPTIONAL_FIELDS: dict[str, frozenset[str]] = {
-    "customer": frozenset({"days_since_last_purchase", "churn_risk", "active_users_trend"}),
+    "customer": frozenset(
+        {
+            "days_since_last_purchase",
+            "churn_risk",
+            "active_users_trend",
+            # derived: absent when the quota is unknown or zero
+            "seat_utilization",
+            "storage_utilization",
+            "api_utilization",
+        }
+    ),
     "ticket": frozenset({"csat", "sentiment"}),
     "contact": frozenset({"days_since_last_offer"}),
 }
@@ -112,7 +122,7 @@ FEATURES: tuple[Feature, ...] = (
         True,
         "Active users changed {value:+.0%} in 90 days",
     ),
-    Feature("tickets_90d", "num", "customer", True, "Opened {value:.0f} tickets in 90 days"),
+    Feature("tickets_90d", "num", "customer", True, "Tickets in the last 90 days: {value:.0f}"),
     Feature("churn_risk", "num", "customer"),
     Feature("region", "cat", "customer"),
     Feature("industry", "cat", "customer"),
@@ -133,7 +143,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("offer_kind", "cat", "offer"),
     Feature("product", "cat", "offer"),
     Feature("discount_pct", "num", "offer", True, "A {value:.0f}% discount is available"),
-    Feature("price_to_spend", "num", "offer", True, "Costs {value:.0%} of their monthly spend"),
+    # first-year price over monthly spend: a model input, but no reason an agent could say
+    Feature("price_to_spend", "num", "offer"),
 )
 
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}

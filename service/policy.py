@@ -110,7 +110,8 @@ def contact_summary(history: Sequence[ContactEvent], now: datetime) -> dict[str,
 
 
 def consent_block(policy: ContactPolicySpec, consent: bool | None) -> Block | None:
-    if policy.require_consent and consent is not True:
+    """An explicit opt-out always blocks; unknown consent blocks when consent is required."""
+    if consent is False or (policy.require_consent and consent is not True):
         return Block(
             "OPTED_OUT", "contact.require_consent", "The customer has not consented to offers."
         )

@@ -1,8 +1,8 @@
 """Profile source: customer profiles and the identity map, read with DuckDB, served from memory.
 
-Any relation DuckDB can read (Parquet, CSV, a Postgres table through an attached database) can
-stand in for the warehouse. The copy in memory is refreshed on an interval, so a purchase or an
-opt-out made today counts today; Decide never queries DuckDB on its hot path.
+Any file DuckDB reads by path can stand in for the warehouse (Parquet by default; a format
+that can hold owned_products as a list). The copy in memory is refreshed on an interval, so a
+purchase or an opt-out made today counts today; Decide never queries DuckDB on its hot path.
 """
 
 from __future__ import annotations

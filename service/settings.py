@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretBytes, field_validator
+from pydantic import BaseModel, Field, SecretBytes, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     #: default: the simulator's Parquet files under data_dir/profiles
     profiles_path: Path | None = None
     identities_path: Path | None = None
+    #: hex keys; when unset they are read from (or created in) data_dir/secrets
+    hash_key: SecretStr | None = None
+    holdout_key: SecretStr | None = None
 
     @field_validator("listen")
     @classmethod
@@ -99,19 +102,16 @@ class Settings(BaseSettings):
         return self.identities_path or self.profile_dir / "identities.parquet"
 
     def load_secrets(self) -> Secrets:
-        """Read the hash keys from the environment or from files, creating the files once."""
+        """The hash keys: from settings (OFFERDESK_HASH_KEY, ...) or files created once."""
         return Secrets(
-            hash_key=SecretBytes(_secret(self.secrets_dir / "hash.key", "OFFERDESK_HASH_KEY")),
-            holdout_key=SecretBytes(
-                _secret(self.secrets_dir / "holdout.key", "OFFERDESK_HOLDOUT_KEY")
-            ),
+            hash_key=SecretBytes(_secret(self.secrets_dir / "hash.key", self.hash_key)),
+            holdout_key=SecretBytes(_secret(self.secrets_dir / "holdout.key", self.holdout_key)),
         )
 
 
-def _secret(path: Path, env_name: str) -> bytes:
-    raw = os.environ.get(env_name)
-    if raw:
-        return bytes.fromhex(raw)
+def _secret(path: Path, given: SecretStr | None) -> bytes:
+    if given is not None:
+        return bytes.fromhex(given.get_secret_value())
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

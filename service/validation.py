@@ -23,6 +23,8 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _CODE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
+#: the catalog's id format (service.catalog), which product names follow
+_PRODUCT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _DECISION_ID = re.compile(r"^d_[0-9a-f]{32}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 #: how far a reported time may run ahead of our clock
@@ -196,7 +198,7 @@ def conversion_command(req: pb.RecordConversionRequest, *, now: datetime) -> Con
     if not req.HasField("customer"):
         raise InvalidArgument("customer", "required")
     external_id = _text(req.customer.external_id, "customer.external_id", 128)
-    product = _match(req.product, _CODE, "product", "a catalog product name, e.g. 'storage'")
+    product = _match(req.product, _PRODUCT, "product", "a catalog product name, e.g. 'storage'")
     if not req.HasField("amount"):
         raise InvalidArgument("amount", "required")
     if req.amount.amount_minor <= 0:

@@ -21,15 +21,20 @@ def test_probabilities_follow_the_documented_formula(vals, eps, floor, seed) -> 
     a = arbitrate(scored(vals), floor=floor, epsilon=eps, seed=seed)
     probs = dict(a.probabilities)
     assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-12)
-    if not vals:
-        assert a.chosen == NO_OFFER and a.propensity == 1.0
+    worth = [i for i, v in enumerate(vals) if v >= floor]
+    if not worth:
+        assert a.chosen == NO_OFFER and a.propensity == 1.0 and not a.explored
         return
-    n = len(vals) + 1
-    for action, p in probs.items():
+    n = len(worth) + 1
+    for i, v in enumerate(vals):
+        if v < floor:
+            assert probs[f"o{i}/full"] == 0.0  # below the floor: never taken, not even exploring
+    for action in [f"o{i}/full" for i in worth] + [NO_OFFER]:
         expected = (1 - eps) * (action == a.greedy) + eps / n
-        assert math.isclose(p, expected, abs_tol=1e-12)
-    best = max(range(len(vals)), key=lambda i: vals[i])
-    assert a.greedy == (f"o{best}/full" if vals[best] >= floor else NO_OFFER)
+        assert math.isclose(probs[action], expected, abs_tol=1e-12)
+    best = max(worth, key=lambda i: vals[i])
+    assert a.greedy == f"o{best}/full"
+    assert a.chosen == NO_OFFER or vals[int(a.chosen[1:].split("/")[0])] >= floor
     assert a.propensity == probs[a.chosen]
     assert a.explored == (a.chosen != a.greedy)
 

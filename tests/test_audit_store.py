@@ -283,7 +283,7 @@ def test_a_second_process_gets_audit_locked_naming_the_service(path: Path) -> No
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(AuditLocked, match=r"offerdesk service .*PID \d+") as locked:
             AuditStore.open(path)
-        assert "through the service or a Parquet export" in str(locked.value)
+        assert "cannot be verified or queried from here" in str(locked.value)
         with pytest.raises(AuditLocked, match="offerdesk service"):
             verify_file(path)
     finally:

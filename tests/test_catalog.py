@@ -105,3 +105,15 @@ def test_catalog_check_cli(tmp_path: Path) -> None:
 
 def test_explain_and_features_agree_on_the_missing_category_marker() -> None:
     assert UNKNOWN_CATEGORY == MISSING_CATEGORY
+
+
+def test_rules_cannot_read_variables_their_level_does_not_set() -> None:
+    def change(raw):
+        raw["offers"][0]["triggers"][0]["expression"] = "variant.discount_pct > 0.0"
+        raw["guardrails"][0]["expression"] = "offer.lever > 0.0"
+
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(edited(change), "acme.yaml")
+    text = str(e.value)
+    assert "offer seats-10, rule seats-near-limit: reads variant" in text
+    assert "guardrails, rule no-sale-during-billing-dispute: reads offer" in text

@@ -348,3 +348,57 @@ def test_decision_time_is_an_input_not_the_clock(world, models, catalog) -> None
     assert a.to_record(catalog) == b.to_record(catalog)
     assert decode_time(inputs.to_record()["now"]) == NOW
     assert DecisionInputs.from_record(inputs.to_record()) == inputs
+
+
+def test_explicit_opt_out_blocks_even_when_consent_is_not_required(world, models, catalog) -> None:
+    lax = variant_catalog(
+        catalog,
+        contact={**yaml.safe_load(catalog.source)["policy"]["contact"], "require_consent": False},
+    )
+    cid = sorted(world.profiles)[0]
+    ticket = {
+        "category": "access",
+        "product_area": "seats",
+        "channel": "chat",
+        "reopen_count": 0,
+        "tags": [],
+        "fields": {},
+    }
+    opted_out = dict(world.profiles[cid], marketing_consent=False)
+    d = decide(DecisionInputs(NOW, 1, 0.5, customer_view(opted_out), ticket, ()), models, lax)
+    assert d.no_offer_reason == "OPTED_OUT"
+    unknown = {k: v for k, v in world.profiles[cid].items() if k != "marketing_consent"}
+    d = decide(DecisionInputs(NOW, 1, 0.5, customer_view(unknown), ticket, ()), models, lax)
+    assert d.no_offer_reason != "OPTED_OUT"
+
+
+def test_why_not_never_calls_a_better_offer_lower_value(world, models, catalog) -> None:
+    cat = variant_catalog(catalog, exploration_rate=0.5)
+    checked = explored = 0
+    for i, cid in enumerate(sorted(world.profiles)[:150]):
+        profile = dict(
+            world.profiles[cid],
+            marketing_consent=True,
+            open_billing_dispute=False,
+            payment_failures_90d=0,
+        )
+        ticket = {
+            "category": "access",
+            "product_area": "storage",
+            "channel": "chat",
+            "reopen_count": 0,
+            "tags": [],
+            "fields": {},
+        }
+        d = decide(DecisionInputs(NOW, i, 0.5, customer_view(profile), ticket, ()), models, cat)
+        if d.card is None:
+            continue
+        checked += 1
+        explored += d.card.explored
+        for w in d.why_not:
+            if w.code == "LOWER_VALUE":
+                assert w.value is not None and w.value <= d.card.value
+            if w.code == "EXPLORED":
+                assert d.card.explored
+        assert d.card.value >= cat.value_floor_minor  # exploration keeps to the floor too
+    assert checked >= 20 and explored >= 3

@@ -210,6 +210,10 @@ def test_conversion_is_idempotent_by_transaction_id(stub, server, world, setting
     with pytest.raises(grpc.RpcError) as e:
         stub.RecordConversion(req)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    req.transaction_id, req.amount.currency = "inv-2", "EUR"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RecordConversion(req)
+    assert e.value.details().startswith("amount.currency:")
     assert count(server) == before
 
 
