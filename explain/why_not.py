@@ -65,7 +65,7 @@ def why_not(
                     value,
                 )
             )
-        elif explored:
+        elif explored and (top is None or value > top):
             out.append(
                 WhyNot(
                     offer_id,

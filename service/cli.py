@@ -211,7 +211,7 @@ def audit_verify(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Walk the hash chain; name the first record that does not verify (exit 1)."""
-    from audit.errors import AuditLocked
+    from audit.errors import AuditError, AuditLocked
     from audit.verify import verify_file
 
     target = path or _settings(config, data_dir).audit_path
@@ -220,9 +220,6 @@ def audit_verify(
         raise typer.Exit(2)
     try:
         report = verify_file(target)
-    except (ValueError, OSError) as e:
-        err.print(f"[red]✗[/red] {target}: cannot read as an audit log: {e}")
-        raise typer.Exit(2) from None
     except AuditLocked as e:
         err.print(f"[yellow]{e}[/yellow]")
         err.print(
@@ -230,6 +227,9 @@ def audit_verify(
             "then run `offerdesk audit verify` again."
         )
         raise typer.Exit(3) from None
+    except (AuditError, ValueError, OSError) as e:
+        err.print(f"[red]✗[/red] {target}: cannot read as an audit log: {e}")
+        raise typer.Exit(2) from None
     if report.ok:
         console.print(
             f"[green]✓[/green] {target}: {report.count:,} records, chain intact; "

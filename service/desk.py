@@ -300,11 +300,6 @@ class Desk:
 
     # -- RecordConversion -------------------------------------------------------------------
     def record_conversion(self, cmd: ConversionCommand, *, now: datetime) -> StoredRecord:
-        currency = self.deployment.catalog.currency
-        if cmd.currency != currency:
-            raise InvalidArgument(
-                "amount.currency", f"the catalog sells in {currency}, not {cmd.currency}"
-            )
         txn_hash = keyed_hash(self._hash_key, cmd.transaction_id, domain="transaction")
         customer_id = self.profiles.resolve(cmd.source, cmd.external_id)
         if customer_id is None:
@@ -317,6 +312,13 @@ class Desk:
                 if seen[0] != cmd.payload_hash:
                     raise InvalidArgument("transaction_id", "already recorded with other details")
                 return self._get(seen[1])
+            # Checked after the retry lookup: a conversion once recorded stays acknowledged
+            # even if the catalog's currency changes later.
+            currency = self.deployment.catalog.currency
+            if cmd.currency != currency:
+                raise InvalidArgument(
+                    "amount.currency", f"the catalog sells in {currency}, not {cmd.currency}"
+                )
             body = {
                 "transaction_hash": txn_hash,
                 "payload_hash": cmd.payload_hash,

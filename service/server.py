@@ -30,7 +30,7 @@ from audit.records import StoredRecord, decode_time
 from audit.store import AuditStore
 from audit.vault import Vault
 from service import validation
-from service.desk import Desk
+from service.desk import Deployment, Desk
 from service.errors import (
     AlreadyExists,
     CatalogError,
@@ -245,16 +245,18 @@ def start(settings: Settings) -> Running:
     active = registry.active()  # fail before opening anything if nothing was trained
     models = registry.load_models(active.model)
     catalog = registry.load_catalog(active.catalog)
+    secrets = settings.load_secrets()
+    profiles = ProfileSource(settings.profiles_source, settings.identities_source)
     store = AuditStore.open(settings.audit_path)
+    vault: Vault | None = None
     try:
         vault = Vault.open(settings.vault_path)
-        profiles = ProfileSource(settings.profiles_source, settings.identities_source)
-        desk = Desk(store, vault, profiles, registry, settings.load_secrets())
-        from service.desk import Deployment
-
+        desk = Desk(store, vault, profiles, registry, secrets)
         desk.deploy(Deployment(models, catalog), "start")
     except BaseException:
         store.close()
+        if vault is not None:
+            vault.close()
         raise
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers))
     pb_grpc.add_OfferDeskServicer_to_server(OfferDeskServicer(desk), server)

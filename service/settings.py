@@ -28,6 +28,13 @@ class Secrets(BaseModel):
     #: keys the holdout bucket of a customer; kept apart so it can be rotated on its own
     holdout_key: SecretBytes
 
+    @field_validator("hash_key", "holdout_key")
+    @classmethod
+    def _long_enough(cls, v: SecretBytes) -> SecretBytes:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 bytes (32 hex characters)")
+        return v
+
 
 class Settings(BaseSettings):
     """Everything the service, CLI and demo are configured by."""
@@ -45,7 +52,7 @@ class Settings(BaseSettings):
     profile_refresh_seconds: float = Field(default=60.0, gt=0)
     #: how often the server checks whether the active model or catalog changed
     reload_poll_seconds: float = Field(default=2.0, gt=0)
-    #: profile source: a DuckDB relation (Parquet, CSV, or any attached database) for each table;
+    #: profile source: a file DuckDB reads by path (Parquet by default) for each table;
     #: default: the simulator's Parquet files under data_dir/profiles
     profiles_path: Path | None = None
     identities_path: Path | None = None
