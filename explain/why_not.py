@@ -36,15 +36,17 @@ def why_not(
     floor: float,
     money: Callable[[float], str],
     *,
+    picked_value: float | None = None,
     explored: bool = False,
 ) -> tuple[WhyNot, ...]:
     """One entry per offer except the policy's pick, in catalog order.
 
     `best_values` holds each scored offer's best variant value (minor units); `money` renders an
-    amount for people; `explored` says the pick was exploration, not the best value.
+    amount for people; `picked_value` is the value of the variant actually picked; `explored`
+    says the pick was exploration, not the best value.
     """
     out: list[WhyNot] = []
-    top = best_values.get(picked_offer) if picked_offer is not None else None
+    top = picked_value
     for offer_id in offer_ids:
         if offer_id == picked_offer:
             continue

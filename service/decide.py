@@ -363,8 +363,16 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
     for s in scored:
         best[s.offer_id] = max(best.get(s.offer_id, s.value), s.value)
     picked = None if arb.chosen == NO_OFFER else arb.chosen.split("/", 1)[0]
+    picked_value = next((x.value for x in scored if x.key == arb.chosen), None)
     why = why_not(
-        offer_ids, exclusions, best, picked, floor, _money(catalog), explored=arb.explored
+        offer_ids,
+        exclusions,
+        best,
+        picked,
+        floor,
+        _money(catalog),
+        picked_value=picked_value,
+        explored=arb.explored,
     )
 
     if arb.chosen == NO_OFFER:
