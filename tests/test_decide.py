@@ -198,27 +198,40 @@ def test_guardrails_always_win_over_model_and_exploration(
     assert seen["offer"] >= 10 and seen["explored"] >= 1  # the property was exercised
 
 
-def test_card_reasons_are_exact_shap_of_the_chosen_score(
-    world, models: Models, catalog: Catalog
-) -> None:
+def sellable(world: World, cid: str, **overrides: object) -> dict[str, object]:
+    """A customer's view with consent and no guardrail hazards (plus any overrides)."""
+    clean = {"marketing_consent": True, "open_billing_dispute": False, "payment_failures_90d": 0}
+    return customer_view({**world.profiles[cid], **clean, **overrides})
+
+
+def ticket(**overrides: object) -> dict[str, object]:
+    return {
+        "category": "access",
+        "product_area": "seats",
+        "channel": "chat",
+        "reopen_count": 0,
+        "tags": [],
+        "fields": {},
+        **overrides,
+    }
+
+
+def treated(customer, t, *, seed: int = 1, history=()) -> DecisionInputs:
+    return DecisionInputs(NOW, seed, 0.5, customer, t, tuple(history))
+
+
+def first_team_customer(world: World) -> str:
+    return next(c for c in sorted(world.profiles) if world.profiles[c].get("plan") == "team")
+
+
+def test_card_reasons_are_exact_shap_of_the_chosen_score(world, models, catalog) -> None:
     cards = 0
     for cid in sorted(world.profiles)[:400]:
-        profile = dict(
-            world.profiles[cid],
-            marketing_consent=True,
-            open_billing_dispute=False,
-            payment_failures_90d=0,
+        d = decide(
+            treated(sellable(world, cid), ticket(product_area="storage", csat=5), seed=7),
+            models,
+            catalog,
         )
-        ticket = {
-            "category": "access",
-            "product_area": "storage",
-            "channel": "chat",
-            "reopen_count": 0,
-            "tags": [],
-            "fields": {},
-            "csat": 5,
-        }
-        d = decide(DecisionInputs(NOW, 7, 0.5, customer_view(profile), ticket, ()), models, catalog)
         if d.card is None:
             continue
         cards += 1
@@ -233,37 +246,11 @@ def test_card_reasons_are_exact_shap_of_the_chosen_score(
     assert cards >= 10
 
 
-def test_explored_pick_says_so_instead_of_confident_reasons(
-    world, models: Models, catalog: Catalog
-) -> None:
+def test_explored_pick_says_so_instead_of_confident_reasons(world, models, catalog) -> None:
     cat = variant_catalog(catalog, exploration_rate=0.5)
-    cid = next(c for c in sorted(world.profiles) if world.profiles[c].get("plan") == "team")
-    profile = dict(
-        world.profiles[cid],
-        marketing_consent=True,
-        open_billing_dispute=False,
-        payment_failures_90d=0,
-        owned_products=[],
-    )
-    ticket = {
-        "category": "access",
-        "product_area": "seats",
-        "channel": "chat",
-        "reopen_count": 0,
-        "tags": [],
-        "fields": {},
-    }
-    explored = [
-        d
-        for seed in range(200)
-        if (
-            d := decide(
-                DecisionInputs(NOW, seed, 0.5, customer_view(profile), ticket, ()), models, cat
-            )
-        ).card
-        is not None
-        and d.card.explored
-    ]
+    customer = sellable(world, first_team_customer(world), owned_products=[])
+    decisions = [decide(treated(customer, ticket(), seed=s), models, cat) for s in range(200)]
+    explored = [d for d in decisions if d.card is not None and d.card.explored]
     assert explored
     for d in explored:
         assert d.card.reasons == () and d.agent_message == EXPLORATION_NOTE
@@ -271,58 +258,20 @@ def test_explored_pick_says_so_instead_of_confident_reasons(
 
 
 def test_opted_out_customer_never_gets_an_offer_and_is_told_why(world, models, catalog) -> None:
-    cid = sorted(world.profiles)[0]
-    profile = dict(world.profiles[cid], marketing_consent=False)
-    d = decide(
-        DecisionInputs(
-            NOW,
-            1,
-            0.5,
-            customer_view(profile),
-            {
-                "category": "access",
-                "product_area": "seats",
-                "channel": "chat",
-                "reopen_count": 0,
-                "tags": [],
-                "fields": {},
-            },
-            (),
-        ),
-        models,
-        catalog,
-    )
+    customer = sellable(world, sorted(world.profiles)[0], marketing_consent=False)
+    d = decide(treated(customer, ticket()), models, catalog)
     assert d.kind == "no_offer" and d.no_offer_reason == "OPTED_OUT"
     assert {w.rule_id for w in d.why_not} == {"contact.require_consent"}
     assert len(d.why_not) == len(catalog.offers)
 
 
 def test_decline_cooldown_and_offer_cooldown(world, models, catalog) -> None:
-    cid = next(c for c in sorted(world.profiles) if world.profiles[c].get("plan") == "team")
-    profile = dict(
-        world.profiles[cid],
-        marketing_consent=True,
-        open_billing_dispute=False,
-        payment_failures_90d=0,
-        owned_products=[],
-    )
-    ticket = {
-        "category": "access",
-        "product_area": "seats",
-        "channel": "chat",
-        "reopen_count": 0,
-        "tags": [],
-        "fields": {},
-    }
+    customer = sellable(world, first_team_customer(world), owned_products=[])
     declined = ContactEvent("d1", "sso", NOW - 3 * DAY, "declined", NOW - 3 * DAY)
-    d = decide(
-        DecisionInputs(NOW, 1, 0.5, customer_view(profile), ticket, (declined,)), models, catalog
-    )
+    d = decide(treated(customer, ticket(), history=[declined]), models, catalog)
     assert d.no_offer_reason == "CONTACT_LIMIT"
     recent = ContactEvent("d2", "sso", NOW - 40 * DAY, "accepted", NOW - 40 * DAY)
-    d = decide(
-        DecisionInputs(NOW, 1, 0.5, customer_view(profile), ticket, (recent,)), models, catalog
-    )
+    d = decide(treated(customer, ticket(), history=[recent]), models, catalog)
     assert any(w.offer_id == "sso" and w.rule_id == "contact.offer_cooldown" for w in d.why_not)
     assert d.card is None or d.card.offer.id != "sso"
 
@@ -334,14 +283,7 @@ def test_decision_time_is_an_input_not_the_clock(world, models, catalog) -> None
         42,
         0.5,
         customer_view(world.profiles[cid]),
-        {
-            "category": "how_to",
-            "product_area": "storage",
-            "channel": "email",
-            "reopen_count": 0,
-            "tags": [],
-            "fields": {},
-        },
+        ticket(category="how_to", product_area="storage", channel="email"),
         (),
     )
     a, b = decide(inputs, models, catalog), decide(inputs, models, catalog)
@@ -351,24 +293,13 @@ def test_decision_time_is_an_input_not_the_clock(world, models, catalog) -> None
 
 
 def test_explicit_opt_out_blocks_even_when_consent_is_not_required(world, models, catalog) -> None:
-    lax = variant_catalog(
-        catalog,
-        contact={**yaml.safe_load(catalog.source)["policy"]["contact"], "require_consent": False},
-    )
+    contact = yaml.safe_load(catalog.source)["policy"]["contact"]
+    lax = variant_catalog(catalog, contact={**contact, "require_consent": False})
     cid = sorted(world.profiles)[0]
-    ticket = {
-        "category": "access",
-        "product_area": "seats",
-        "channel": "chat",
-        "reopen_count": 0,
-        "tags": [],
-        "fields": {},
-    }
-    opted_out = dict(world.profiles[cid], marketing_consent=False)
-    d = decide(DecisionInputs(NOW, 1, 0.5, customer_view(opted_out), ticket, ()), models, lax)
+    d = decide(treated(sellable(world, cid, marketing_consent=False), ticket()), models, lax)
     assert d.no_offer_reason == "OPTED_OUT"
-    unknown = {k: v for k, v in world.profiles[cid].items() if k != "marketing_consent"}
-    d = decide(DecisionInputs(NOW, 1, 0.5, customer_view(unknown), ticket, ()), models, lax)
+    unknown = {k: v for k, v in sellable(world, cid).items() if k != "marketing_consent"}
+    d = decide(treated(unknown, ticket()), models, lax)
     assert d.no_offer_reason != "OPTED_OUT"
 
 
@@ -376,21 +307,9 @@ def test_why_not_never_calls_a_better_offer_lower_value(world, models, catalog) 
     cat = variant_catalog(catalog, exploration_rate=0.5)
     checked = explored = 0
     for i, cid in enumerate(sorted(world.profiles)[:150]):
-        profile = dict(
-            world.profiles[cid],
-            marketing_consent=True,
-            open_billing_dispute=False,
-            payment_failures_90d=0,
+        d = decide(
+            treated(sellable(world, cid), ticket(product_area="storage"), seed=i), models, cat
         )
-        ticket = {
-            "category": "access",
-            "product_area": "storage",
-            "channel": "chat",
-            "reopen_count": 0,
-            "tags": [],
-            "fields": {},
-        }
-        d = decide(DecisionInputs(NOW, i, 0.5, customer_view(profile), ticket, ()), models, cat)
         if d.card is None:
             continue
         checked += 1

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from service import rules
-from service.catalog import Catalog, Offer, Variant, load_catalog
+from service.catalog import Catalog, Offer, Variant
 from service.features import CUSTOMER_FIELDS, OPTIONAL_FIELDS, TICKET_FIELDS, customer_view
 from service.simulator import (
     CATEGORIES,
@@ -30,13 +30,7 @@ from service.simulator import (
     ticket_stream,
 )
 
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "service" / "examples" / "catalog.yaml"
 SMALL = {"customers": 800, "history_tickets": 4000}
-
-
-@pytest.fixture(scope="session")
-def catalog() -> Catalog:
-    return load_catalog(CATALOG_PATH)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from catboost import Pool
 
-from service.catalog import Catalog, load_catalog
+from service.catalog import Catalog
 from service.features import ORGANIC_FEATURES, RANKER_FEATURES, build_matrix
 from service.simulator import (
     World,
@@ -31,18 +31,12 @@ from service.training import (
     training_rows_from_history,
 )
 
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "service" / "examples" / "catalog.yaml"
 # Measured on seeds 1-5 of this size (2,000 customers, 12,000 tickets, default model):
 # held-out ranker AUC 0.69-0.73, organic 0.71-0.75; Spearman with the truth on fresh tickets
 # 0.58-0.64 (ranker; knowing only the offer gives 0.24-0.30) and 0.77-0.82 (organic; 0.72).
 MIN_AUC = 0.65
 MIN_RANKER_SPEARMAN = 0.5
 MIN_ORGANIC_SPEARMAN = 0.7
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(CATALOG_PATH)
 
 
 @pytest.fixture(scope="module")
