@@ -433,3 +433,32 @@ def test_bad_catalog_never_starts_the_server(settings: Settings) -> None:
         start(settings)
     assert "no-sale-during-billing-dispute" in str(e.value) and str(path) in str(e.value)
     assert not Path(settings.audit_path).exists()
+
+
+def test_one_person_through_two_helpdesks_shares_one_contact_policy(
+    stub, server, world, settings
+) -> None:
+    both = [c for c in treated_customers(world, settings) if "intercom" in world.external_ids(c)]
+    for i, cid in enumerate(both[:100]):
+        resp = stub.Decide(request(world, cid, f"zd-{i}"))
+        if resp.kind == pb.OFFER:
+            break
+    else:
+        raise AssertionError("no offer for a customer known to two helpdesks")
+    stub.RecordOutcome(
+        pb.RecordOutcomeRequest(
+            decision_id=resp.decision_id,
+            outcome=pb.DECLINED,
+            decline_reason=pb.BAD_TIMING,
+            agent_id="agent-1",
+            occurred_at=ts(),
+        )
+    )
+    via_intercom = request(world, cid, "ic-1")
+    via_intercom.helpdesk = "intercom"
+    via_intercom.customer.external_id = world.external_ids(cid)["intercom"]
+    after = stub.Decide(via_intercom)
+    assert after.kind == pb.NO_OFFER and after.no_offer_reason == pb.CONTACT_LIMIT
+    first = server.desk.find_decision(decision_id=resp.decision_id)
+    second = server.desk.find_decision(decision_id=after.decision_id)
+    assert first.subject == second.subject  # one pseudonym for one person
