@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from audit.records import StoredRecord, decode_time
+from audit.records import decode_time
 from service.policy import ContactEvent
 
 
@@ -20,33 +20,22 @@ class ContactBook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, dict[str, ContactEvent]] = defaultdict(dict)
-        self._event_owner: dict[str, str] = {}  # decision_id → pseudonym
         self._consent: dict[str, bool] = {}
         self._purchased: dict[str, set[str]] = defaultdict(set)
 
-    def rebuild(self, records: Iterable[StoredRecord]) -> int:
-        n = 0
-        for r in records:
-            self.apply(r)
-            n += 1
-        return n
-
-    def apply(self, record: StoredRecord) -> None:
-        """Fold one committed record into the book (decisions, outcomes, conversions, consent)."""
-        body = record.body
-        who = record.subject
+    def apply(self, kind: str, who: str | None, body: Mapping[str, Any]) -> None:
+        """Fold one committed record (its kind, subject and body) into the book."""
         if who is None:
             return
         with self._lock:
-            if record.kind == "decision":
+            if kind == "decision":
                 card = body["card"]
                 if body["group"] == "treated" and body["kind"] == "offer" and card is not None:
                     now = decode_time(body["inputs"]["now"])
                     self._events[who][body["decision_id"]] = ContactEvent(
                         body["decision_id"], card["offer_id"], now
                     )
-                    self._event_owner[body["decision_id"]] = who
-            elif record.kind == "outcome":
+            elif kind == "outcome":
                 event = self._events.get(who, {}).get(body["decision_id"])
                 if event is not None:
                     self._events[who][event.decision_id] = ContactEvent(
@@ -56,9 +45,9 @@ class ContactBook:
                         body["outcome"],
                         decode_time(body["occurred_at"]),
                     )
-            elif record.kind == "conversion":
+            elif kind == "conversion":
                 self._purchased[who].add(body["product"])
-            elif record.kind == "consent":
+            elif kind == "consent":
                 self._consent[who] = body["marketing_consent"]
 
     def history(self, pseudonym: str) -> list[ContactEvent]:
@@ -80,13 +69,5 @@ class ContactBook:
                 for did, e in list(events.items()):
                     if e.offered_at < before:
                         del events[did]
-                        self._event_owner.pop(did, None)
                 if not events:
                     del self._events[who]
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "customers": len(self._events),
-                "events": sum(len(v) for v in self._events.values()),
-            }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from audit.records import NewRecord, StoredRecord, decode_time, encode_time, keyed_hash
 from audit.store import AuditStore
@@ -39,6 +41,19 @@ class Deployment:
 
     models: Models
     catalog: Catalog
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed record and its body. The body is the dict that was encoded, so the hot path
+    never parses back what it just wrote (~50 µs per 6 KB decision record); read-only."""
+
+    record: StoredRecord
+    body: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, record: StoredRecord) -> Committed:
+        return cls(record, record.body)
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class Desk:
         self._decisions: dict[str, _DecisionIndex] = {}
         self._outcomes: dict[str, int] = {}  # decision id → seq of its outcome
         self._conversions: dict[str, tuple[str, int]] = {}  # txn hash → (payload hash, seq)
-        self._inflight: dict[str, Future[StoredRecord]] = {}
+        self._inflight: dict[str, Future[Committed]] = {}
         self._deployment: Deployment | None = None
         self._rebuild()
 
@@ -82,13 +97,18 @@ class Desk:
     def _rebuild(self) -> None:
         n = 0
         for r in self.store.scan():
-            self._index(r)
-            self.contacts.apply(r)
+            self._fold(Committed.read(r))
             n += 1
         log.info("rebuilt state from %d audit records", n)
 
-    def _index(self, r: StoredRecord) -> None:
-        body = r.body
+    def _fold(self, c: Committed) -> None:
+        """Bring memory up to date with one committed record (contact book and indexes)."""
+        self.contacts.apply(c.record.kind, c.record.subject, c.body)
+        with self._index_lock:
+            self._index(c)
+
+    def _index(self, c: Committed) -> None:
+        r, body = c.record, c.body
         if r.kind == "decision":
             did = body["decision_id"]
             self._by_key[body["request_key_hash"]] = did
@@ -158,10 +178,10 @@ class Desk:
         return True
 
     # -- Decide -----------------------------------------------------------------------------
-    def decide(self, cmd: DecideCommand, *, now: datetime, trace_id: str) -> StoredRecord:
+    def decide(self, cmd: DecideCommand, *, now: datetime, trace_id: str) -> Committed:
         key_hash = keyed_hash(self._hash_key, cmd.request_key, domain="request_key")
-        mine: Future[StoredRecord] | None = None
-        waiting: Future[StoredRecord] | None = None
+        mine: Future[Committed] | None = None
+        waiting: Future[Committed] | None = None
         with self._index_lock:
             existing = self._existing(key_hash, cmd.payload_hash)
             if existing is None:
@@ -190,18 +210,18 @@ class Desk:
         mine.set_result(record)
         return record
 
-    def _existing(self, key_hash: str, payload_hash: str) -> StoredRecord | None:
+    def _existing(self, key_hash: str, payload_hash: str) -> Committed | None:
         did = self._by_key.get(key_hash)
         if did is None:
             return None
         entry = self._decisions[did]
         if entry.payload_hash != payload_hash:
             raise InvalidArgument("request_key", "already used for a different request")
-        return self._get(entry.seq)
+        return Committed.read(self._get(entry.seq))
 
     def _decide_new(
         self, cmd: DecideCommand, key_hash: str, now: datetime, trace_id: str
-    ) -> StoredRecord:
+    ) -> Committed:
         dep = self.deployment
         customer_id = self.profiles.resolve(cmd.helpdesk, cmd.external_id)
         profile = self.profiles.profile(customer_id) if customer_id else None
@@ -250,12 +270,10 @@ class Desk:
                 **decision.to_record(dep.catalog),
             }
             records.append(NewRecord("decision", now, pseudonym, decision_id, body))
-            stored = self._write(records)
-            for r in stored:
-                self.contacts.apply(r)
-                with self._index_lock:
-                    self._index(r)
-        return stored[-1]
+            committed = self._write(records)
+            for c in committed:
+                self._fold(c)
+        return committed[-1]
 
     # -- RecordOutcome ----------------------------------------------------------------------
     def record_outcome(self, cmd: OutcomeCommand, *, now: datetime) -> tuple[StoredRecord, str]:
@@ -287,16 +305,13 @@ class Desk:
                 "agent_id": cmd.agent_id,
                 "occurred_at": encode_time(cmd.occurred_at),
             }
-            stored = self._write([NewRecord("outcome", now, entry.subject, cmd.decision_id, body)])[
-                0
-            ]
+            outcome = NewRecord("outcome", now, entry.subject, cmd.decision_id, body)
+            committed = self._write([outcome])[0]
             if cmd.decline_note and entry.subject:
                 # Free text stays outside the chain, deletable with the customer's pseudonym.
                 self.vault.add_note(cmd.decision_id, entry.subject, cmd.decline_note)
-            self.contacts.apply(stored)
-            with self._index_lock:
-                self._index(stored)
-        return stored, cmd.outcome
+            self._fold(committed)
+        return committed.record, cmd.outcome
 
     # -- RecordConversion -------------------------------------------------------------------
     def record_conversion(self, cmd: ConversionCommand, *, now: datetime) -> StoredRecord:
@@ -329,11 +344,9 @@ class Desk:
                 "occurred_at": encode_time(cmd.occurred_at),
                 "holdout_bucket": holdout_bucket(self._holdout_key, customer_id),
             }
-            stored = self._write([NewRecord("conversion", now, pseudonym, txn_hash, body)])[0]
-            self.contacts.apply(stored)
-            with self._index_lock:
-                self._index(stored)
-        return stored
+            committed = self._write([NewRecord("conversion", now, pseudonym, txn_hash, body)])[0]
+            self._fold(committed)
+        return committed.record
 
     # -- GetDecision and friends -----------------------------------------------------------
     def find_decision(
@@ -368,13 +381,15 @@ class Desk:
             if pseudonym is not None:
                 records.append(_consent_record(pseudonym, consent, "profile_refresh", now))
         if records:
-            for r in self._write(records):
-                self.contacts.apply(r)
+            for c in self._write(records):
+                self._fold(c)
         return len(records)
 
-    def _write(self, records: list[NewRecord]) -> list[StoredRecord]:
+    def _write(self, records: list[NewRecord]) -> list[Committed]:
+        """Durably append; returns each record with the body we already hold (no re-parse)."""
         try:
-            return self.store.append(records)
+            stored = self.store.append(records)
+            return [Committed(s, r.body) for s, r in zip(stored, records, strict=True)]
         except Exception as e:
             log.error("audit write failed: %s", e)
             raise Unavailable(f"audit log write failed; nothing was recorded: {e}") from None
@@ -400,4 +415,4 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Deployment", "Desk"]
+__all__ = ["Committed", "Deployment", "Desk"]

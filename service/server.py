@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from audit.errors import AuditError
-from audit.records import StoredRecord, decode_time
+from audit.records import decode_time
 from audit.store import AuditStore
 from audit.vault import Vault
 from service import validation
@@ -76,9 +76,9 @@ def _ts(at: datetime) -> Timestamp:
     return ts
 
 
-def decision_response(record: StoredRecord, outcome: str | None) -> pb.DecideResponse:
-    """A DecideResponse from the logged decision record: the log is what the caller sees."""
-    b = record.body
+def decision_response(seq: int, b: Mapping[str, Any], outcome: str | None) -> pb.DecideResponse:
+    """A DecideResponse from a logged decision (its sequence and body): the log is what the
+    caller sees."""
     resp = pb.DecideResponse(
         decision_id=b["decision_id"],
         kind=pb.OFFER if b["kind"] == "offer" else pb.NO_OFFER,
@@ -87,7 +87,7 @@ def decision_response(record: StoredRecord, outcome: str | None) -> pb.DecideRes
         catalog_version=b["catalog_version"],
         trace_id=b["trace_id"],
         decided_at=_ts(decode_time(b["inputs"]["now"])),
-        audit_sequence=record.seq,
+        audit_sequence=seq,
         outcome=pb.Outcome.Value(outcome.upper()) if outcome else pb.OUTCOME_UNSPECIFIED,
     )
     if b["no_offer_reason"]:
@@ -158,8 +158,9 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                     tags=catalog.spec.ticket_tags,
                     fields=catalog.spec.ticket_fields,
                 )
-                record = self.desk.decide(cmd, now=now, trace_id=trace_id)
-                return decision_response(record, self.desk.outcome_of(record.body["decision_id"]))
+                c = self.desk.decide(cmd, now=now, trace_id=trace_id)
+                outcome = self.desk.outcome_of(c.body["decision_id"])
+                return decision_response(c.record.seq, c.body, outcome)
 
     def RecordOutcome(self, request: pb.RecordOutcomeRequest, context: grpc.ServicerContext) -> Any:
         with _errors(context):
@@ -197,7 +198,8 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                 record = self.desk.find_decision(request_key=request.request_key)
             else:
                 raise InvalidArgument("key", "set decision_id or request_key")
-            return decision_response(record, self.desk.outcome_of(record.body["decision_id"]))
+            body = record.body
+            return decision_response(record.seq, body, self.desk.outcome_of(body["decision_id"]))
 
 
 @contextlib.contextmanager
