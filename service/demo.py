@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from service.policy import ContactEvent, contact_summary
+
 CHANNEL = {
     "email": pb.CHANNEL_EMAIL,
     "chat": pb.CHANNEL_CHAT,
@@ -144,7 +146,8 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
     latencies: list[float] = []
     responses: list[pb.DecideResponse] = []
     outcomes: Counter[str] = Counter()
-    shown: dict[str, list[tuple[datetime, str]]] = {}
+    # What each simulated customer has been offered here: the truth's fatigue input.
+    shown: dict[str, list[ContactEvent]] = {}
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.OfferDeskStub(channel)
@@ -161,11 +164,13 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
                 offer = catalog.offer(resp.card.offer_id)
                 assert offer is not None
                 variant = next(v for v in offer.variants if v.id == resp.card.variant.id)
-                contact = _contact(shown.get(cid, []), ev["resolved_at"])
+                contact = contact_summary(shown.get(cid, []), ev["resolved_at"])
                 p = world.truth.p_accept(world.view(cid), ev["ticket"], contact, offer, variant)
                 accepted = bool(rng.random() < p)
+                at = ev["resolved_at"]
+                outcome = "accepted" if accepted else "declined"
                 shown.setdefault(cid, []).append(
-                    (ev["resolved_at"], "accepted" if accepted else "declined")
+                    ContactEvent(resp.decision_id, offer.id, at, outcome, at)
                 )
                 out = pb.RecordOutcomeRequest(
                     decision_id=resp.decision_id,
@@ -230,19 +235,6 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
         "recorded_at FROM audit_records ORDER BY seq LIMIT 20').show()\""
     )
     return 0 if report.ok else 1
-
-
-def _contact(history: list[tuple[datetime, str]], now: datetime) -> dict[str, Any]:
-    recent = [(t, o) for t, o in history if t <= now]
-    out: dict[str, Any] = {
-        "offers_30d": sum(1 for t, _ in recent if now - t <= timedelta(days=30)),
-        "declines_90d": sum(
-            1 for t, o in recent if o == "declined" and now - t <= timedelta(days=90)
-        ),
-    }
-    if recent:
-        out["days_since_last_offer"] = (now - max(t for t, _ in recent)) / timedelta(days=1)
-    return out
 
 
 def _show(console: Console, responses: list[pb.DecideResponse]) -> None:
