@@ -22,9 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from service import policy as contact_policy
 from service import rules
-from service.catalog import Catalog, ContactPolicySpec, Offer, Variant, currency_exponent
+from service.catalog import Catalog, Offer, Variant, currency_exponent
 from service.features import CUSTOMER_FIELDS, customer_view
+from service.policy import ContactEvent
 
 #: decision time of the default world; history covers the 90 days before it
 DEFAULT_NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -546,33 +548,6 @@ def _draw_ticket(
 
 
 @dataclass
-class _ContactLog:
-    """Offers made to one customer so far: (epoch seconds, offer id, accepted)."""
-
-    entries: list[tuple[float, str, bool]]
-
-    def summary(self, t: float) -> dict[str, Any]:
-        """The contact summary the models read (CONTACT_FIELDS), as of time t."""
-        # Same windows and rounding as service.policy.contact_summary (outcomes are immediate
-        # here, so a decline's time is its offer's time).
-        out: dict[str, Any] = {
-            "offers_30d": sum(1 for s, _, _ in self.entries if t - s <= 30 * _DAY),
-            "declines_90d": sum(1 for s, _, ok in self.entries if not ok and t - s <= 90 * _DAY),
-        }
-        if self.entries:
-            out["days_since_last_offer"] = round((t - self.entries[-1][0]) / _DAY, 6)
-        return out
-
-    def blocked(self, policy: ContactPolicySpec, t: float) -> tuple[bool, set[str]]:
-        """Whether the contact policy blocks any offer now, and which offers are cooling down."""
-        recent = sum(1 for s, _, _ in self.entries if t - s < policy.window_days * _DAY)
-        declined = any(
-            not ok and t - s < policy.decline_cooldown_days * _DAY for s, _, ok in self.entries
-        )
-        cooling = {o for s, o, _ in self.entries if t - s < policy.offer_cooldown_days * _DAY}
-        return recent >= policy.max_offers or declined, cooling
-
-
 class _Rulebook:
     """The catalog's rules, walked the way decide() walks them (service.rules, fail closed).
 
@@ -605,12 +580,12 @@ class _Rulebook:
     def actions(self, ctx: Any, owned: Sequence[str]) -> list[tuple[Offer, list[Variant]]]:
         """Offers (catalog order) whose guardrails, triggers and eligibility pass on `ctx`, each
         with its variants whose eligibility passes; an offer left with no variant is dropped, and
-        so is one whose product the customer owns (decide() never offers what they have)."""
+        so is one whose product the customer owns, unless it is repeatable (as in decide())."""
         if not all(rules.evaluate(r, ctx).ok for r in self.guardrails):
             return []
         out = []
         for offer, offer_vars, variants in self.offers:
-            if offer.product in owned:
+            if offer.product in owned and not offer.repeatable:
                 continue
             if offer_vars is not None:
                 rules.bind(ctx, "offer", offer_vars)
@@ -649,10 +624,6 @@ def _references(rule: rules.Rule) -> set[str]:
     if rule.program is None:
         return {"offer", "variant"}
     return set(rule.program.variables())
-
-
-def _in_blackout(policy: ContactPolicySpec, now: datetime) -> bool:
-    return any(b.start <= now < b.end for b in policy.blackouts)
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -834,7 +805,9 @@ def _history(
     end = now.timestamp()
     times = np.sort(np.floor(end - rng.uniform(0, HISTORY_DAYS * _DAY, n)))
     book = _Rulebook(catalog)
-    logs: dict[int, _ContactLog] = {}
+    # Offers made to each customer so far; the contact policy and the contact features come
+    # from service.policy, the same functions decide() uses.
+    logs: dict[int, list[ContactEvent]] = {}
     customer_json: dict[int, str] = {}
     # One rule context per customer: the profile is fixed, so only ticket, contact and time
     # are rebound per decision (converting the profile costs more than the rules themselves).
@@ -846,12 +819,15 @@ def _history(
         at = datetime.fromtimestamp(t, UTC)
         view = views[i]
         ticket = _draw_ticket(rng, view, tags, custom)
-        log = logs.setdefault(i, _ContactLog([]))
-        contact = log.summary(t)
+        log = logs.setdefault(i, [])
+        contact = contact_policy.contact_summary(log, at)
         actions: list[tuple[Offer, list[Variant]]] = []
-        blocked, cooling = log.blocked(policy, t)
-        consented = view.get("marketing_consent") or not policy.require_consent
-        if consented and not blocked and not _in_blackout(policy, at):
+        blocked = (
+            contact_policy.consent_block(policy, view.get("marketing_consent"))
+            or contact_policy.blackout_block(policy, at)
+            or contact_policy.limit_block(policy, log, at)
+        )
+        if not blocked:
             if i in contexts:
                 ctx = contexts[i]
                 rules.bind(ctx, "ticket", ticket)
@@ -864,7 +840,7 @@ def _history(
             actions = [
                 (o, vs)
                 for o, vs in book.actions(ctx, view["owned_products"])
-                if o.id not in cooling
+                if contact_policy.offer_block(policy, log, o.id, at) is None
             ]
         offer: Offer | None = None
         variant: Variant | None = None
@@ -874,7 +850,8 @@ def _history(
             variant = variants[int(rng.integers(len(variants)))]
             propensity = SHOW_PROBABILITY / len(actions) / len(variants)
             accepted = bool(rng.random() < truth.p_accept(view, ticket, contact, offer, variant))
-            log.entries.append((t, offer.id, accepted))
+            outcome = "accepted" if accepted else "declined"
+            log.append(ContactEvent(f"h{k}", offer.id, at, outcome, at))
         else:
             propensity = 1.0 - SHOW_PROBABILITY if actions else 1.0
         if i not in organic_p:

@@ -71,7 +71,7 @@ def _rule_eligible(
         return {}
     out = {}
     for o in catalog.offers:
-        if o.product in customer["owned_products"]:
+        if o.product in customer["owned_products"] and not o.repeatable:
             continue  # decide() never offers what the customer has
         rules.bind(ctx, "offer", rules.offer_variables(o.id, o.kind, o.product, o.lever))
         if not any(rules.evaluate(t.rule, ctx).ok for t in o.triggers):
