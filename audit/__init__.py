@@ -12,7 +12,7 @@ from audit.records import (
     encode_time,
     keyed_hash,
 )
-from audit.store import AuditStore, WriterStats
+from audit.store import AuditStore, TreeHead, WriterStats
 from audit.vault import Vault
 from audit.verify import VerifyReport, export_parquet, verify_file, verify_records
 
@@ -28,6 +28,7 @@ __all__ = [
     "StoredRecord",
     "Vault",
     "VerifyReport",
+    "TreeHead",
     "WriterStats",
     "canonical_json",
     "chain_hash",

@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from audit.errors import AuditCorrupt, AuditError, AuditLocked, AuditWriteError
+from audit.merkle import Frontier
 from audit.records import (
     GENESIS_HASH,
     NewRecord,
@@ -93,6 +94,15 @@ def connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeHead:
+    """What a checkpoint signs: the log's size, chain head and Merkle root, all at one size."""
+
+    size: int
+    chain_head: bytes  # hash of record size-1, or 32 zero bytes for an empty log
+    root: bytes  # RFC 6962 root over the first `size` chain hashes (audit.merkle)
+
+
+@dataclass(frozen=True, slots=True)
 class WriterStats:
     """What the writer has done since open (for metrics)."""
 
@@ -117,6 +127,7 @@ class AuditStore:
         con: duckdb.DuckDBPyConnection,
         path: Path,
         head: tuple[int, bytes],
+        tree: Frontier,
         max_batch_rows: int,
     ) -> None:
         self._con = con
@@ -125,6 +136,10 @@ class AuditStore:
         # Replaced as a whole tuple, so a reader never sees a count from one batch and a hash
         # from another.
         self._head = head
+        # The Merkle frontier follows the head (writer thread only); its snapshot is replaced
+        # as a whole, like the head, so size, chain head and root always belong together.
+        self._tree = tree
+        self._tree_head = TreeHead(head[0], head[1], tree.root())
         self._stats = WriterStats()
         self._appender: duckdb.Appender | None = None  # used by the writer thread only
         self._queue: collections.deque[_Submission] = collections.deque()
@@ -159,6 +174,7 @@ class AuditStore:
             con = connect(path, read_only=False)
             try:
                 head = _read_head(con, path)
+                tree = _read_tree(con, path, head)
             except BaseException:
                 con.close()
                 raise
@@ -166,7 +182,7 @@ class AuditStore:
             with _open_paths_lock:
                 _open_paths.discard(key)
             raise
-        return cls(con, key, head, max_batch_rows)
+        return cls(con, key, head, tree, max_batch_rows)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -200,6 +216,10 @@ class AuditStore:
     def head(self) -> tuple[int, bytes]:
         """(number of committed records, hash of the last one or 32 zero bytes)."""
         return self._head
+
+    def tree_head(self) -> TreeHead:
+        """Size, chain head and Merkle root of the committed log, taken together."""
+        return self._tree_head
 
     def stats(self) -> WriterStats:
         """Counters of the writer since open."""
@@ -272,7 +292,11 @@ class AuditStore:
             self._fail(batch, exc)
             return
         elapsed = time.perf_counter() - started
+        for chained in stored:
+            for record in chained:
+                self._tree.append(record.hash)
         self._head = (seq, prev)
+        self._tree_head = TreeHead(seq, prev, self._tree.root())
         old = self._stats
         self._stats = WriterStats(
             old.batches + 1, old.rows + len(rows), old.failed_batches, len(rows), elapsed
@@ -489,6 +513,21 @@ def _read_head(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, bytes]:
             "from 0; run verify on a copy before writing to it again"
         )
     return int(count), bytes(last)
+
+
+def _read_tree(con: duckdb.DuckDBPyConnection, path: Path, head: tuple[int, bytes]) -> Frontier:
+    """The Merkle frontier of the whole log, from the hash column alone (32 bytes a row)."""
+    tree = Frontier()
+    try:
+        cursor = con.execute(f"SELECT hash FROM {TABLE} ORDER BY seq")
+        while rows := cursor.fetchmany(_SCAN_PAGE_ROWS * 16):
+            for (digest,) in rows:
+                tree.append(bytes(digest))
+    except duckdb.Error as exc:
+        raise AuditCorrupt(f"cannot read the hashes of audit log {path}: {exc}") from exc
+    if tree.size != head[0]:
+        raise AuditCorrupt(f"audit log {path}: read {tree.size} hashes of {head[0]} records")
+    return tree
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
