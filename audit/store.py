@@ -445,6 +445,21 @@ class AuditStore:
         finally:
             cursor.close()
 
+    def chain_hashes(self, size: int) -> list[bytes]:
+        """The chain hashes of records 0..size-1 (the Merkle leaves), in seq order."""
+        if not 0 <= size <= self._head[0]:
+            raise ValueError(f"size {size} is not between 0 and {self._head[0]}")
+        cursor = self._cursor()
+        try:
+            rows = cursor.execute(
+                f"SELECT hash FROM {TABLE} WHERE seq < ? ORDER BY seq", [size]
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise AuditError(f"audit query failed: {exc}") from exc
+        finally:
+            cursor.close()
+        return [bytes(row[0]) for row in rows]
+
     def get(self, seq: int) -> StoredRecord | None:
         """The record at ``seq``, or None."""
         found = self._query(f"{_SELECT} WHERE seq = ?", [seq])

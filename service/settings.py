@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretBytes, SecretStr, field_validator
@@ -36,6 +36,63 @@ class Secrets(BaseModel):
         return v
 
 
+class DirectoryPublication(BaseModel):
+    """Copy each signed checkpoint into a directory (mount one that is not on this host)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    kind: Literal["directory"]
+    path: Path
+
+
+class GitPublication(BaseModel):
+    """Commit each signed checkpoint to a git work tree, and push it if a remote is named."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    kind: Literal["git"]
+    repo: Path
+    remote: str | None = None
+
+
+class WebhookPublication(BaseModel):
+    """POST each signed checkpoint to a URL, HMAC-signed when a secret is given."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+    kind: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    #: hex secret for the X-Offerdesk-Signature header; never logged
+    secret: SecretStr | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+
+Publication = Annotated[
+    DirectoryPublication | GitPublication | WebhookPublication, Field(discriminator="kind")
+]
+
+
+class AuditSettings(BaseModel):
+    """Signed checkpoints, where they are published, and the live audit API."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: sign a checkpoint once this many records have been added since the last one ...
+    checkpoint_every_records: int = Field(default=1000, ge=1)
+    #: ... or once this many seconds have passed with any new record (and at clean shutdown)
+    checkpoint_every_seconds: float = Field(default=60.0, gt=0)
+    #: the log's identity in every checkpoint (C2SP origin: no spaces); default: a random
+    #: `offerdesk.local/log/<hex>` chosen when the first signing key is made
+    origin: str | None = Field(default=None, pattern=r"^[!-~]{1,200}$")
+    #: Ed25519 signing keys; default data_dir/secrets/signing. Keep them apart from the
+    #: database: on another volume, or better, readable only by the service's user.
+    signing_key_dir: Path | None = None
+    #: the append-only checkpoint file; default data_dir/checkpoints.jsonl
+    checkpoint_path: Path | None = None
+    #: publication points off this host, so the key holder alone cannot re-sign history
+    publish: list[Publication] = Field(default_factory=list)
+    #: bearer token of the read-only audit API (hex or any 32+ characters); when unset it is
+    #: read from (or created in) data_dir/secrets/audit-api.token
+    api_token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """Everything the service, CLI and demo are configured by."""
 
@@ -59,6 +116,7 @@ class Settings(BaseSettings):
     #: hex keys; when unset they are read from (or created in) data_dir/secrets
     hash_key: SecretStr | None = None
     holdout_key: SecretStr | None = None
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("listen")
     @classmethod
@@ -93,6 +151,18 @@ class Settings(BaseSettings):
         return self.data_dir / "registry"
 
     @property
+    def signing_key_dir(self) -> Path:
+        return self.audit.signing_key_dir or self.secrets_dir / "signing"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.audit.checkpoint_path or self.data_dir / "checkpoints.jsonl"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
     def secrets_dir(self) -> Path:
         return self.data_dir / "secrets"
 
@@ -114,6 +184,17 @@ class Settings(BaseSettings):
             hash_key=SecretBytes(_secret(self.secrets_dir / "hash.key", self.hash_key)),
             holdout_key=SecretBytes(_secret(self.secrets_dir / "holdout.key", self.holdout_key)),
         )
+
+
+    def audit_api_token(self) -> bytes:
+        """The audit API's bearer token: from settings or a file created once (0600)."""
+        if self.audit.api_token is not None:
+            token = self.audit.api_token.get_secret_value().encode()
+        else:
+            token = _secret(self.secrets_dir / "audit-api.token", None).hex().encode()
+        if len(token) < 32:
+            raise ValueError("audit.api_token must be at least 32 characters")
+        return token
 
 
 def _secret(path: Path, given: SecretStr | None) -> bytes:
