@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PROTO_SRC := protos/offerdesk/v1/offerdesk.proto
-PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py
+PROTO_SRC := protos/offerdesk/v1/offerdesk.proto protos/offerdesk/v1/audit.proto
+PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py protos/offerdesk/v1/audit_pb2.py
 
 .PHONY: setup proto demo test lint clean
 
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Generated code is produced here from protos/, never edited by hand (and never committed).
-$(PROTO_OUT): $(PROTO_SRC) $(STAMP)
+# A grouped target (&:): one protoc run writes every output.
+$(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
 		--grpc_python_out=protos $(PROTO_SRC)
 
