@@ -42,3 +42,11 @@ class CatalogError(OfferDeskError):
 
 class ModelError(OfferDeskError):
     """A model file is missing, unreadable or does not match the feature definition."""
+
+
+class Unauthenticated(OfferDeskError):
+    """The caller did not present a valid token (the audit API)."""
+
+
+class FailedPrecondition(OfferDeskError):
+    """The request is valid but the state does not allow it yet (e.g. nothing sealed)."""
