@@ -445,6 +445,14 @@ class AuditStore:
         finally:
             cursor.close()
 
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A new read-only-by-convention connection to the log, for compliance queries.
+
+        The caller closes it. It shares the writer's database (DuckDB allows no second
+        process on the file), sees committed records only, and must never write.
+        """
+        return self._cursor()
+
     def chain_hashes(self, size: int) -> list[bytes]:
         """The chain hashes of records 0..size-1 (the Merkle leaves), in seq order."""
         if not 0 <= size <= self._head[0]:
