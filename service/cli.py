@@ -240,6 +240,160 @@ def audit_verify(
         raise typer.Exit(1)
 
 
+@audit_app.command("replay")
+def audit_replay(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="DATE",
+            help="Replay decisions recorded at or after this date or ISO time (UTC unless it "
+            "has an offset).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--to", metavar="DATE", help="... and before this date or ISO time."),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", metavar="PATH", help="Audit DuckDB file (default: the data dir's log)."
+        ),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", metavar="PATH", help="Replay a Parquet export of the log."),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="Replay at most N decisions.")
+    ] = None,
+) -> None:
+    """Re-run logged decisions with their logged model and catalog; exit 1 if any differs."""
+    import json
+
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from audit.errors import AuditError, AuditLocked
+    from service.registry import Registry
+    from service.replay import ABSENT, DecisionLog, parse_time, replay_records
+
+    bounds = {}
+    for option, text in (("--from", since), ("--to", until)):
+        if text is not None:
+            try:
+                bounds[option] = parse_time(text)
+            except ValueError as e:
+                err.print(f"[red]{option}:[/red] {escape(str(e))}")
+                raise typer.Exit(2) from None
+    start, end = bounds.get("--from"), bounds.get("--to")
+    if start is not None and end is not None and start >= end:
+        err.print(f"[red]--to:[/red] {until} is not after --from {since}")
+        raise typer.Exit(2)
+    if db is not None and export is not None:
+        err.print("[red]--db, --export:[/red] give one of them, not both")
+        raise typer.Exit(2)
+    settings = _settings(config, data_dir)
+    option, path = ("--export", export) if export is not None else ("--db", db)
+    path = path or settings.audit_path
+    if not path.is_file():
+        where = "" if db or export else f" (the log of --data-dir {settings.data_dir})"
+        err.print(f"[red]{option}:[/red] {escape(str(path))}: no such file{escape(where)}")
+        raise typer.Exit(2)
+    registry = Registry(settings.registry_dir)
+    if not registry.root.is_dir():
+        err.print(f"[red]--data-dir:[/red] no model registry at {escape(str(registry.root))}")
+        raise typer.Exit(2)
+    try:
+        log = DecisionLog.open(
+            path, parquet=export is not None, since=start, until=end, limit=limit
+        )
+    except AuditLocked as e:
+        err.print(f"[yellow]{escape(str(e))}[/yellow]")
+        err.print(
+            "Replay a Parquet export of the log instead (--export PATH), or stop the service "
+            "(SIGTERM drains in-flight calls and closes the log) and run it again."
+        )
+        raise typer.Exit(3) from None
+    except (AuditError, OSError) as e:
+        err.print(f"[red]{option}:[/red] cannot read as an audit log: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with log, Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("replay", total=log.count())
+        try:
+            report = replay_records(
+                log, registry, progress=lambda done: bar.update(task, completed=done)
+            )
+        except AuditError as e:
+            err.print(f"[red]{option}:[/red] {escape(str(e))}")
+            raise typer.Exit(2) from None
+
+    def summary() -> None:
+        def show(value: object) -> str:
+            text = repr(value) if value is ABSENT else json.dumps(value, ensure_ascii=False)
+            return escape(text if len(text) <= 160 else text[:157] + "...")
+
+        span = (
+            f"recorded from {start.isoformat() if start else 'the start'} "
+            f"to {end.isoformat() if end else 'the end'}"
+            if start or end
+            else "in the whole log"
+        )
+        rate = f" ({report.total / report.seconds:,.0f}/s)" if report.seconds > 0 else ""
+        console.print(
+            f"{escape(str(path))}: replayed {report.total:,} decisions {span} "
+            f"in {report.seconds:.1f}s{rate}"
+        )
+        if report.ok:
+            console.print(f"[green]✓[/green] {report.identical:,} identical, 0 mismatched")
+            return
+        console.print(
+            f"[red]✗[/red] {report.identical:,} identical, {report.mismatched:,} mismatched, "
+            f"{report.not_replayed:,} not replayed"
+        )
+        if report.field_counts:
+            console.print("mismatched fields (decisions):")
+            for name, n in report.field_counts.items():
+                console.print(f"  {escape(name)}  {n:,}")
+        if report.missing_versions:
+            console.print("versions the registry cannot give (decisions):")
+            for version, n in report.missing_versions.items():
+                console.print(f"  {escape(version)}  {n:,}")
+        shown = None
+        for m in report.mismatches[:10]:
+            if m.decision_id != shown:
+                console.print(f"{escape(m.decision_id)} (seq {m.seq}):")
+                shown = m.decision_id
+            console.print(
+                f"  {escape(m.path)}\n    logged:   {show(m.logged)}\n"
+                f"    replayed: {show(m.replayed)}",
+                soft_wrap=True,
+            )
+        for miss in report.missing[:5]:
+            console.print(f"{escape(miss.decision_id)} (seq {miss.seq}): {escape(miss.problem)}")
+        for f in report.failures[:5]:
+            console.print(f"{escape(f.decision_id)} (seq {f.seq}): {escape(f.problem)}")
+        console.print("What a mismatch means: docs/decisions.md#determinism-and-replay")
+
+    if as_json:
+        span = {"from": start and start.isoformat(), "to": end and end.isoformat()}
+        typer.echo(json.dumps({"log": str(path), **span, **report.to_record()}, indent=2))
+    else:
+        summary()
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def _load_catalog_or_exit(path: Path) -> Catalog:
     from service.catalog import load_catalog
     from service.errors import CatalogError

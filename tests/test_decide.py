@@ -7,7 +7,6 @@ import math
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
-import duckdb
 import grpc
 import pytest
 import yaml
@@ -26,6 +25,7 @@ from service.features import FEATURES_BY_NAME, customer_view
 from service.policy import DAY, ContactEvent
 from service.ranker import Models
 from service.registry import Registry
+from service.replay import DecisionLog, replay_records
 from service.server import start
 from service.simulator import World, ticket_stream
 
@@ -57,26 +57,12 @@ def test_logged_decisions_replay_exactly(world: World, settings, catalog: Catalo
                 stub.Decide(decide_request(ev))
     finally:
         running.stop()
-    with duckdb.connect(str(settings.audit_path), read_only=True) as con:
-        records = [
-            r[0]
-            for r in con.execute(
-                "SELECT record FROM audit_records WHERE kind = 'decision' ORDER BY seq"
-            ).fetchall()
-        ]
-    registry = Registry(settings.registry_dir)
-    import json
-
-    offers = 0
-    for text in records:
-        body = json.loads(text)["body"]
-        models = registry.load_models(body["model_version"])
-        cat = registry.load_catalog(body["catalog_version"])
-        again = decide(DecisionInputs.from_record(body["inputs"]), models, cat).to_record(cat)
-        for key, value in again.items():
-            assert body[key] == value, f"{body['decision_id']}: {key} differs on replay"
-        offers += body["kind"] == "offer"
-    assert len(records) == 60 and offers > 0
+    with DecisionLog.open(settings.audit_path) as log:
+        records = list(log)
+    report = replay_records(records, Registry(settings.registry_dir))
+    assert report.mismatches == () and report.missing == () and report.failures == ()
+    assert report.total == report.identical == len(records) == 60
+    assert any(r.body["kind"] == "offer" for r in records)
 
 
 # -- guardrails win: properties over profiles, histories, times and exploration --------------
