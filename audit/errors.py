@@ -19,3 +19,11 @@ class AuditWriteError(AuditError):
 
 class AuditCorrupt(AuditError):
     """The stored log is not what the writer wrote: unreadable, or its head is inconsistent."""
+
+
+class CheckpointError(AuditError):
+    """A signed checkpoint, key or checkpoint file is malformed, unverifiable or inconsistent."""
+
+
+class PublishError(AuditError):
+    """A checkpoint was not copied to a publication point (it stays in the checkpoint file)."""
