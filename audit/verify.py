@@ -328,9 +328,7 @@ WHERE NOT row_ok OR seq IS DISTINCT FROM position OR prev_hash IS DISTINCT FROM 
 
 def _first_suspect(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> int | None:
     try:
-        row = con.execute(
-            _SUSPECT_SQL.format(source=source, version=ENVELOPE_VERSION)
-        ).fetchone()
+        row = con.execute(_SUSPECT_SQL.format(source=source, version=ENVELOPE_VERSION)).fetchone()
     except duckdb.Error as exc:
         raise AuditCorrupt(f"cannot read audit records from {path}: {exc}") from exc
     return None if row is None or row[0] is None else int(row[0])

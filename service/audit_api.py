@@ -1,0 +1,193 @@
+"""The audit API: compliance reads of the running service's log, authenticated and logged.
+
+DuckDB allows no second process on the file, so while the service runs this is how the
+named views, `why`, proofs and sealed exports are reached. Each call checks the bearer token
+in constant time, does its read on the store's own reader connection, then appends an
+`audit_access` record (who, what, how many rows) and answers only once that is durable.
+It must never write anything but that record, and never log or echo the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from offerdesk.v1 import audit_pb2 as apb
+from offerdesk.v1 import audit_pb2_grpc as apb_grpc
+
+from audit.checkpoint import CheckpointLog, KeyRing, SignedCheckpoint
+from audit.checkpointer import Checkpointer
+from audit.export import export_segment
+from audit.proofs import consistency_document, inclusion_document
+from audit.records import NewRecord, encode_time
+from service.desk import Desk
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from service.status import grpc_errors
+
+log = logging.getLogger("offerdesk.audit")
+
+#: rows a Query answers at most (a compliance question, not a bulk export: use Export)
+MAX_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What the audit API reads: the desk's store and vault, the keys and checkpoints."""
+
+    desk: Desk
+    keys: KeyRing
+    checkpointer: Checkpointer
+    checkpoint_path: Path
+    export_dir: Path
+    token: bytes
+
+
+def token_id(token: bytes) -> str:
+    """A short, non-secret name for a token, for the access log (never the token itself)."""
+    return "tok_" + hashlib.sha256(b"offerdesk audit token\x00" + token).hexdigest()[:12]
+
+
+class AuditServicer(apb_grpc.AuditServicer):
+    """Thin shell: authenticate, read, log the access, answer."""
+
+    def __init__(
+        self, ctx: AuditContext, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self._caller = token_id(ctx.token)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        presented = b""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                presented = value.removeprefix("Bearer ").strip().encode()
+        if not hmac.compare_digest(presented, self.ctx.token):
+            raise Unauthenticated(
+                "authorization: send `authorization: Bearer <audit.api_token>` metadata"
+            )
+
+    def _answer(
+        self, method: str, arguments: dict[str, Any], result: Any, rows: int
+    ) -> apb.JsonResult:
+        record = NewRecord(
+            "audit_access",
+            self.clock(),
+            None,
+            None,
+            {
+                "method": method,
+                "caller": self._caller,
+                "arguments": arguments,
+                "rows": rows,
+            },
+        )
+        stored = self.ctx.desk.store.append([record])[0]
+        return apb.JsonResult(
+            json=json.dumps(result, sort_keys=True, ensure_ascii=False),
+            audit_sequence=stored.seq,
+        )
+
+    def _signed(self) -> list[SignedCheckpoint]:
+        return CheckpointLog.read(self.ctx.checkpoint_path, self.ctx.keys.verifier_keys())
+
+    # -- methods --------------------------------------------------------------------------
+    def Status(self, request: apb.StatusRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            head = self.ctx.desk.store.tree_head()
+            status = self.ctx.checkpointer.status()
+            latest = status.latest
+            result = {
+                "records": head.size,
+                "chain_head": head.chain_head.hex(),
+                "root": head.root.hex(),
+                "latest_checkpoint": None
+                if latest is None
+                else {
+                    "size": latest.size,
+                    "root": latest.root.hex(),
+                    "signed_at": encode_time(latest.time),
+                },
+                "unsealed": status.unsealed,
+                "publications": [
+                    {"name": p.name, "published_size": p.published_size, "error": p.last_error}
+                    for p in status.publications
+                ],
+                "keys": [str(key) for key in self.ctx.keys.verifier_keys()],
+            }
+            return self._answer("Status", {}, result, 1)
+
+    def Prove(self, request: apb.ProveRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            if not request.decision_id:
+                raise InvalidArgument("decision_id", "required")
+            record = self.ctx.desk.find_decision(decision_id=request.decision_id)
+            covering = self._covering(record.seq)
+            hashes = self.ctx.desk.store.chain_hashes(covering.checkpoint.size)
+            document = inclusion_document(record, hashes, covering)
+            return self._answer("Prove", {"decision_id": request.decision_id}, document, 1)
+
+    def _covering(self, seq: int) -> SignedCheckpoint:
+        """The oldest checkpoint that seals record ``seq``, sealing now if none does yet."""
+        for signed in self._signed():
+            if signed.checkpoint.size > seq:
+                return signed
+        sealed = self.ctx.checkpointer.seal()
+        if sealed is None or sealed.checkpoint.size <= seq:  # pragma: no cover - seq committed
+            raise FailedPrecondition(f"record {seq} is not sealed by any checkpoint yet")
+        return sealed
+
+    def Consistency(self, request: apb.ConsistencyRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            signed = self._signed()
+            by_size = {s.checkpoint.size: s for s in signed}
+            if not signed:
+                raise FailedPrecondition("no checkpoint has been signed yet")
+            new_size = request.new_size or signed[-1].checkpoint.size
+            for name, size in (("old_size", request.old_size), ("new_size", new_size)):
+                if size not in by_size:
+                    raise InvalidArgument(name, f"no checkpoint of size {size}")
+            if request.old_size > new_size:
+                raise InvalidArgument("old_size", "must not exceed new_size")
+            hashes = self.ctx.desk.store.chain_hashes(new_size)
+            document = consistency_document(by_size[request.old_size], by_size[new_size], hashes)
+            arguments = {"old_size": request.old_size, "new_size": new_size}
+            return self._answer("Consistency", arguments, document, 1)
+
+    def Export(self, request: apb.ExportRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            self.ctx.checkpointer.seal()
+            signed = self._signed()
+            cursor = self.ctx.desk.store.reader()
+            try:
+                manifest = export_segment(
+                    cursor, signed, self.ctx.keys.verifier_keys(), self.ctx.export_dir
+                )
+            finally:
+                cursor.close()
+            size = manifest["records"]
+            manifest["path"] = str(self.ctx.export_dir / f"segment-{size:012d}")
+            return self._answer("Export", {}, manifest, size)
+
+    def Why(self, request: apb.WhyRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            raise NotFound("Why is not wired yet")
+
+    def Query(self, request: apb.QueryRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            self._authenticate(context)
+            raise NotFound("Query is not wired yet")
