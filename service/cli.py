@@ -240,6 +240,124 @@ def audit_verify(
         raise typer.Exit(1)
 
 
+# -- audit why / audit query: the questions compliance asks (docs/compliance.md) ----------------
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", metavar="PATH", help="Audit DuckDB file (default: the data dir's log)."),
+]
+ExportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--export",
+        metavar="PATH",
+        help="A Parquet export of the log or an export segment directory; readable while the "
+        "service runs.",
+    ),
+]
+
+
+@audit_app.command("why")
+def audit_why(
+    customer: Annotated[str, typer.Option("--customer", help="Customer id (as in profiles).")],
+    offer: Annotated[
+        str | None, typer.Option("--offer", help="Only decisions that weighed this offer id.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="DATE", help="From this UTC day or ISO time.")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", metavar="DATE", help="Up to this UTC day (included) or time."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+    db: DbOpt = None,
+    export: ExportOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Every decision for one customer: inputs, candidates, choice, reasons, rule, outcome."""
+    import json
+
+    from audit.why import document, why
+    from service import compliance
+
+    settings = _settings(config, data_dir)
+    try:
+        low = compliance.parse_time("--since", since)
+        high = compliance.parse_time("--until", until, end_of_day=True)
+        if offer is not None and not offer.strip():
+            raise compliance.ReportError("--offer: give an offer id", 2)
+        pseudonym = compliance.pseudonym_of(settings.vault_path, customer)
+        with compliance.open_log(settings.audit_path, db, export, settings.registry_dir) as (
+            con,
+            _,
+        ):
+            decisions = why(con, [pseudonym], offer, low, high)
+    except compliance.ReportError as e:
+        err.print(f"[red]{e}[/red]" if e.code != 3 else f"[yellow]{e}[/yellow]")
+        raise typer.Exit(e.code) from None
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    if as_json:
+        doc = document(decisions, [pseudonym], offer, low, high)
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        compliance.print_why(console, customer, pseudonym, decisions, offer)
+
+
+@audit_app.command("query")
+def audit_query(
+    name: Annotated[str | None, typer.Argument(help="A named view (see --list).")] = None,
+    list_views: Annotated[bool, typer.Option("--list", help="List the named views.")] = False,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv or json.", metavar="FORMAT")
+    ] = "table",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N rows.")] = None,
+    db: DbOpt = None,
+    export: ExportOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run one of the named compliance views over the log (docs/compliance.md)."""
+    from audit.views import NEEDS_CAPS, VIEWS, query_view, view
+    from service import compliance
+
+    if list_views:
+        for v in VIEWS:
+            console.print(f"[bold]{v.name}[/bold]: {v.question}\n  [dim]expect: {v.expect}[/dim]")
+        return
+    try:
+        if name is None:
+            raise compliance.ReportError("NAME: give a view name, or --list to see them", 2)
+        if fmt not in ("table", "csv", "json"):
+            raise compliance.ReportError(f"--format: {fmt!r} is not table, csv or json", 2)
+        view(name)
+        settings = _settings(config, data_dir)
+        with compliance.open_log(settings.audit_path, db, export, settings.registry_dir) as (
+            con,
+            unknown,
+        ):
+            table = query_view(con, name, limit=limit)
+    except compliance.ReportError as e:
+        err.print(f"[red]{e}[/red]" if e.code != 3 else f"[yellow]{e}[/yellow]")
+        raise typer.Exit(e.code) from None
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    if unknown and name in NEEDS_CAPS:
+        err.print(
+            f"[yellow]contact caps unknown for catalog {', '.join(unknown)}: not in "
+            f"{settings.registry_dir} (pass the service's --data-dir)[/yellow]"
+        )
+    out = compliance.render_table(table, fmt)
+    if isinstance(out, str):
+        print(out)
+    else:
+        console.print(out)
+
+
 @audit_app.command("replay")
 def audit_replay(
     since: Annotated[
