@@ -23,7 +23,7 @@ import duckdb
 
 from audit.checkpoint import SignedCheckpoint, VerifierKey
 from audit.errors import AuditError
-from audit.records import encode_time
+from audit.records import canonical_json, encode_time
 from audit.store import COLUMNS, TABLE
 
 FORMAT = "offerdesk-audit-export/1"
@@ -66,11 +66,9 @@ def export_segment(
         ).fetchone()
         if copied is not None and int(copied[0]) != size:
             raise AuditError(f"export wrote {copied[0]} records, the checkpoint seals {size}")
-        (work / CHECKPOINTS).write_text(
-            "".join(
-                json.dumps({"note": s.note}, sort_keys=True, separators=(",", ":")) + "\n"
-                for s in signed
-            )
+        # The checkpoint file's own line format (canonical JSON), so it reads back as one.
+        (work / CHECKPOINTS).write_bytes(
+            b"".join(canonical_json({"note": s.note}) + b"\n" for s in signed)
         )
         (work / KEYS).write_text("".join(f"{key}\n" for key in keys))
         checkpoint = covering.checkpoint

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from offerdesk.v1 import audit_pb2 as apb
@@ -28,6 +28,9 @@ from audit.checkpointer import Checkpointer
 from audit.export import export_segment
 from audit.proofs import consistency_document, inclusion_document
 from audit.records import NewRecord, encode_time
+from audit.views import catalog_versions, install_views, query_view
+from audit.why import document, why
+from service.compliance import contact_caps
 from service.desk import Desk
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from service.status import grpc_errors
@@ -47,6 +50,7 @@ class AuditContext:
     checkpointer: Checkpointer
     checkpoint_path: Path
     export_dir: Path
+    registry_dir: Path
     token: bytes
 
 
@@ -185,9 +189,44 @@ class AuditServicer(apb_grpc.AuditServicer):
     def Why(self, request: apb.WhyRequest, context: grpc.ServicerContext) -> Any:
         with grpc_errors(context):
             self._authenticate(context)
-            raise NotFound("Why is not wired yet")
+            if not request.customer_id:
+                raise InvalidArgument("customer_id", "required")
+            pseudonym = self.ctx.desk.vault.lookup(request.customer_id)
+            if pseudonym is None:
+                raise NotFound("customer_id: no such customer in the pseudonym map (or erased)")
+            offer = request.offer_id or None
+            since = _time(request, "since")
+            until = _time(request, "until")
+            cursor = self.ctx.desk.store.reader()
+            try:
+                decisions = why(cursor, [pseudonym], offer, since, until)
+            except ValueError as e:
+                raise InvalidArgument("since", str(e)) from None
+            finally:
+                cursor.close()
+            result = document(decisions, [pseudonym], offer, since, until)
+            # The access record names the pseudonym, never the customer id.
+            arguments = {k: result[k] for k in ("subjects", "offer", "since", "until")}
+            return self._answer("Why", arguments, result, len(decisions))
 
     def Query(self, request: apb.QueryRequest, context: grpc.ServicerContext) -> Any:
         with grpc_errors(context):
             self._authenticate(context)
-            raise NotFound("Query is not wired yet")
+            limit = min(request.limit or MAX_ROWS, MAX_ROWS)
+            cursor = self.ctx.desk.store.reader()
+            try:
+                caps, _ = contact_caps(self.ctx.registry_dir, catalog_versions(cursor))
+                install_views(cursor, caps)
+                table = query_view(cursor, request.view, limit=limit)
+            except ValueError as e:
+                raise InvalidArgument("view", str(e).removeprefix("view: ")) from None
+            finally:
+                cursor.close()
+            arguments = {"view": request.view, "limit": limit}
+            return self._answer("Query", arguments, table.document(), len(table.rows))
+
+
+def _time(request: Any, name: str) -> datetime | None:
+    if not request.HasField(name):
+        return None
+    return cast(datetime, getattr(request, name).ToDatetime(tzinfo=UTC))

@@ -106,7 +106,7 @@ def open_log(
     try:
         try:
             attach_source(con, path)
-            caps, unknown = _caps(registry_dir, catalog_versions(con))
+            caps, unknown = contact_caps(registry_dir, catalog_versions(con))
             install_views(con, caps)
         except AuditLocked as e:
             raise ReportError(
@@ -122,7 +122,10 @@ def open_log(
         con.close()
 
 
-def _caps(registry_dir: Path, versions: Sequence[str]) -> tuple[list[ContactCaps], list[str]]:
+def contact_caps(
+    registry_dir: Path, versions: Sequence[str]
+) -> tuple[list[ContactCaps], list[str]]:
+    """Each catalog version's contact caps from the registry, and the versions it lacks."""
     from service.errors import OfferDeskError
     from service.registry import Registry
 
