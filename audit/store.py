@@ -3,23 +3,26 @@
 Submissions are grouped: the writer takes everything waiting, chains it from the committed
 head and commits it in one transaction (one WAL fsync), and only then resolves the futures.
 It must never acknowledge a record that COMMIT has not returned for, never extend a head it
-is unsure of, and never run DDL beyond the initial CREATE TABLE (no indexes, no keys).
+is unsure of, and never run DDL beyond the initial CREATE TABLE (no indexes, no keys). When it
+can no longer tell what is committed it reopens the file and re-reads the head (in-process
+recovery, audit.recovery); it never deletes a WAL.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -35,6 +38,11 @@ from audit.records import (
     encode_time,
     prepare,
 )
+
+if TYPE_CHECKING:
+    from audit.recovery import Quarantine
+
+log = logging.getLogger("offerdesk.audit")
 
 TABLE = "audit_records"
 COLUMNS = ("seq", "kind", "recorded_at", "subject", "ref", "record", "prev_hash", "hash")
@@ -56,6 +64,10 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
 # Rows per read query when streaming: bounded memory for start-up scans of large logs.
 _SCAN_PAGE_ROWS = 4096
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in .*?\(PID \d+\)[^.]*")
+# In-process recovery: the first reopen is immediate; after a failed one the wait doubles up
+# to the cap (a full disk may take minutes to clear; each attempt is cheap but logs a line).
+_RECOVERY_FIRST_WAIT = 0.1
+_RECOVERY_MAX_WAIT = 5.0
 
 # One AuditStore per file per process. DuckDB happily gives a second connection in the same
 # process to an open file, and two writers would each extend their own head: a forked chain.
@@ -146,6 +158,8 @@ class AuditStore:
         self._cond = threading.Condition()
         self._closing = False
         self._failure: AuditWriteError | None = None
+        self._recoverable = True  # False once recovery found records lost: restart only
+        self._watchers: list[Callable[[AuditWriteError | None], None]] = []
         self._close_lock = threading.Lock()
         self._closed = False
         # Reads use their own connections (cursors), never the writer's, so a slow scan
@@ -157,7 +171,13 @@ class AuditStore:
 
     @classmethod
     def open(cls, path: Path, *, max_batch_rows: int = 1024) -> AuditStore:
-        """Open or create the log at ``path`` and start its writer thread."""
+        """Open or create the log at ``path`` and start its writer thread.
+
+        A WAL left by an unclean shutdown is copied aside first and the whole chain verified
+        read-only before the file is opened for writing (audit.recovery). Raises AuditLocked
+        when another process holds the file; any other AuditError says which files are
+        involved and what to do, and nothing has been deleted.
+        """
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be at least 1")
         path = Path(path)
@@ -171,13 +191,7 @@ class AuditStore:
                 )
             _open_paths.add(key)
         try:
-            con = connect(path, read_only=False)
-            try:
-                head = _read_head(con, path)
-                tree = _read_tree(con, path, head)
-            except BaseException:
-                con.close()
-                raise
+            con, head, tree = _open_checked(path)
         except BaseException:
             with _open_paths_lock:
                 _open_paths.discard(key)
@@ -225,6 +239,18 @@ class AuditStore:
         """Counters of the writer since open."""
         return self._stats
 
+    def failure(self) -> AuditWriteError | None:
+        """Why writes are refused right now (recovering, or records lost), or None."""
+        return self._failure
+
+    def watch(self, callback: Callable[[AuditWriteError | None], None]) -> None:
+        """Call ``callback(failure())`` now, and again each time writes stop or resume.
+
+        Called from the writer thread: it must be quick and must not call back into the store.
+        """
+        self._watchers.append(callback)
+        callback(self._failure)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -244,6 +270,8 @@ class AuditStore:
                 self._break(f"the writer failed unexpectedly: {exc!r}", exc)
                 assert self._failure is not None
                 self._fail(batch, self._failure)
+            if self._failure is not None:
+                self._recover()
 
     def _take_batch(self) -> list[_Submission]:
         batch: list[_Submission] = []
@@ -367,18 +395,138 @@ class AuditStore:
 
     def _break(self, reason: str, cause: BaseException | None) -> None:
         error = AuditWriteError(
-            f"audit log {self._path}: {reason}; the store refuses further writes, restart "
-            "to re-read the head from the file"
+            f"audit log {self._path}: {reason}; writes are refused until the store has "
+            "reopened the file and re-read the head (it retries by itself)"
         )
         error.__cause__ = cause
         with self._cond:
-            if self._failure is None:
+            first = self._failure is None
+            if first:
                 self._failure = error
             waiting = list(self._queue)
             self._queue.clear()
         for submission in waiting:
             if submission.future.set_running_or_notify_cancel():
                 submission.future.set_exception(error)
+        if first:
+            log.error("%s", error)
+            self._tell(error)
+
+    # -- in-process recovery (writer thread) -----------------------------------------------
+
+    def _recover(self) -> None:
+        """Reopen the file until the head it trusted is back, or records are found lost.
+
+        Runs on the writer thread, so nothing commits meanwhile; submitters fail fast because
+        ``_failure`` is set. The connection is replaced, never repaired: after a failed fsync
+        or checkpoint DuckDB invalidates the whole database instance.
+        """
+        from audit import recovery  # it builds on this module
+
+        if not self._recoverable:
+            return
+        self._drop_connections()
+        quarantine: Quarantine | None = None
+        copied = False
+        wait, attempt = _RECOVERY_FIRST_WAIT, 0
+        while True:
+            attempt += 1
+            try:
+                if not copied:  # once per episode: later attempts must not pile up copies
+                    quarantine = recovery.quarantine_wal(
+                        self._path, "in-process recovery: a commit failed or could not be checked"
+                    )
+                    copied = True
+                landed = self._reopen()
+            except AuditCorrupt as exc:
+                self._lost(recovery.refusal(self._path, quarantine, exc), exc)
+                return
+            except Exception as exc:
+                log.warning(
+                    "audit log %s: reopen attempt %d failed (%s); next in %.1fs",
+                    self._path,
+                    attempt,
+                    exc,
+                    wait,
+                )
+            else:
+                size, head = self._head
+                if quarantine is not None:
+                    quarantine.verified(size, head)
+                with self._cond:
+                    self._failure = None
+                log.warning(
+                    "audit log %s: reopened after %d attempt(s); %d records, tail verified%s; "
+                    "writes resume",
+                    self._path,
+                    attempt,
+                    size,
+                    f"; {landed} of them from batches reported as failed (the commit landed)"
+                    if landed
+                    else "",
+                )
+                self._tell(None)
+                return
+            with self._cond:
+                if self._cond.wait_for(lambda: self._closing, timeout=wait):
+                    return  # closing: the store stays broken and close() releases the file
+            wait = min(wait * 2, _RECOVERY_MAX_WAIT)
+
+    def _drop_connections(self) -> None:
+        # Every connection goes: a cursor left open keeps the database instance alive, and
+        # DuckDB would hand that same invalidated instance back on reopen. Closing the reader
+        # closes the cursors made from it (scans and reader() connections then fail).
+        with self._read_lock:
+            self._appender = None
+            for con in (self._reader, self._con):
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+
+    def _reopen(self) -> int:
+        """Check read-only, open for writing, re-read head and tree; return the records found
+        after the trusted head. Raises AuditCorrupt when acknowledged records are gone."""
+        from audit import recovery
+
+        trusted = self._tree_head
+        # Read-only first: should records be lost, the file has not been opened for writing,
+        # so DuckDB has not checkpointed the (short) replay and dropped the WAL.
+        checked = recovery.check_log(self._path, (trusted.size, trusted.chain_head))
+        con = connect(self._path, read_only=False)
+        try:
+            head = _read_head(con, self._path)
+            if head != checked:
+                raise AuditCorrupt(
+                    f"audit log {self._path}: {head[0]:,} records when reopened, "
+                    f"{checked[0]:,} a moment earlier read-only"
+                )
+            tree = _read_tree(con, self._path, head, check=trusted)
+            reader = con.cursor()
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+            raise
+        with self._read_lock:
+            self._con, self._reader = con, reader
+        self._tree = tree
+        self._head = head
+        self._tree_head = TreeHead(head[0], head[1], tree.root())
+        return head[0] - trusted.size
+
+    def _lost(self, message: str, cause: AuditCorrupt) -> None:
+        error = AuditWriteError(f"{message} The store refuses all writes until restarted.")
+        error.__cause__ = cause
+        with self._cond:
+            self._recoverable = False
+            self._failure = error
+        log.critical("%s", error)
+        self._tell(error)
+
+    def _tell(self, failure: AuditWriteError | None) -> None:
+        for callback in list(self._watchers):
+            try:
+                callback(failure)
+            except Exception:
+                log.exception("audit store watcher failed")
 
     def _fail(self, batch: list[_Submission], error: AuditWriteError) -> None:
         old = self._stats
@@ -399,7 +547,10 @@ class AuditStore:
         with self._read_lock:
             if self._closed:
                 raise AuditError("audit store is closed")
-            return self._reader.cursor()
+            try:
+                return self._reader.cursor()
+            except duckdb.Error as exc:  # closed for recovery, or invalidated
+                raise AuditError(f"audit log {self._path} is being reopened: {exc}") from exc
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[StoredRecord]:
         cursor = self._cursor()
@@ -538,19 +689,84 @@ def _read_head(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, bytes]:
     return int(count), bytes(last)
 
 
-def _read_tree(con: duckdb.DuckDBPyConnection, path: Path, head: tuple[int, bytes]) -> Frontier:
-    """The Merkle frontier of the whole log, from the hash column alone (32 bytes a row)."""
+def _read_tree(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    head: tuple[int, bytes],
+    *,
+    check: TreeHead | None = None,
+) -> Frontier:
+    """The Merkle frontier of the whole log, from the hash column alone (32 bytes a row).
+
+    With ``check`` (what the store held before a reopen), the first ``check.size`` hashes must
+    have ``check.root``: the acknowledged records came back exactly.
+    """
     tree = Frontier()
+
+    def _at_check() -> None:
+        if check is not None and tree.size == check.size and tree.root() != check.root:
+            raise AuditCorrupt(
+                f"DATA LOSS: audit log {path}: the first {check.size:,} records read back do "
+                "not have the Merkle root the store held (acknowledged records changed)"
+            )
+
     try:
         cursor = con.execute(f"SELECT hash FROM {TABLE} ORDER BY seq")
         while rows := cursor.fetchmany(_SCAN_PAGE_ROWS * 16):
             for (digest,) in rows:
+                _at_check()
                 tree.append(bytes(digest))
     except duckdb.Error as exc:
         raise AuditCorrupt(f"cannot read the hashes of audit log {path}: {exc}") from exc
+    _at_check()
     if tree.size != head[0]:
         raise AuditCorrupt(f"audit log {path}: read {tree.size} hashes of {head[0]} records")
     return tree
+
+
+def _open_checked(path: Path) -> tuple[duckdb.DuckDBPyConnection, tuple[int, bytes], Frontier]:
+    """Open ``path`` for writing; after an unclean shutdown copy the WAL aside and verify first."""
+    from audit import recovery  # it builds on this module (and on audit.verify, which does too)
+
+    quarantine: Quarantine | None = None
+    try:
+        quarantine = recovery.quarantine_wal(
+            path, "found at open: the last process did not close the log cleanly"
+        )
+        # The whole chain, read-only, before DuckDB may checkpoint the replay and drop the
+        # WAL: there is no trusted point to start from after a crash, and it only happens
+        # then, at about half the cost of the state rebuild that follows every start.
+        checked = recovery.check_log(path, None) if quarantine else None
+        con = connect(path, read_only=False)
+        try:
+            head = _read_head(con, path)
+            if checked is not None and head != checked:
+                raise AuditCorrupt(
+                    f"opened with {head[0]:,} records, but {checked[0]:,} verified read-only "
+                    "a moment earlier"
+                )
+            tree = _read_tree(con, path, head)
+        except BaseException:
+            con.close()
+            raise
+    except AuditLocked:
+        if quarantine is not None:
+            quarantine.discard()  # the WAL of a live process, not one left by a crash
+        raise
+    except AuditError as exc:
+        kind = AuditCorrupt if isinstance(exc, AuditCorrupt) else AuditError
+        raise kind(recovery.refusal(path, quarantine, exc)) from exc
+    if quarantine is not None:
+        quarantine.verified(*head)
+        log.warning(
+            "audit log %s: opened after an unclean shutdown; all %s records verify; the WAL "
+            "copy %s is kept (the newest %d verified copies are)",
+            path,
+            f"{head[0]:,}",
+            quarantine.copy,
+            recovery.KEEP_VERIFIED,
+        )
+    return con, head, tree
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:

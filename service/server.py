@@ -1,12 +1,15 @@
 """gRPC shell: protobuf in, one call into the Desk, protobuf out; errors mapped in one place.
 
 Registers standard health checking and reflection so grpcurl and probes work. The servicer holds
-no logic of its own; `status_for` is the only place that chooses status codes.
+no logic of its own; `status_for` is the only place that chooses status codes. When the audit log
+cannot be opened safely the server still listens, but only to say so: health NOT_SERVING and
+every OfferDesk call UNAVAILABLE with the reason. It never starts without its log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -25,7 +28,7 @@ from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from audit.errors import AuditError
+from audit.errors import AuditError, AuditLocked, AuditWriteError
 from audit.records import decode_time
 from audit.store import AuditStore
 from audit.vault import Vault
@@ -217,23 +220,34 @@ def _errors(context: grpc.ServicerContext) -> Iterator[None]:
 
 @dataclass
 class Running:
-    """A started server and everything it owns; `stop()` shuts it down cleanly."""
+    """A started server and everything it owns; `stop()` shuts it down cleanly.
+
+    ``refusal`` is set (and there is no desk) when the audit log could not be opened: the
+    server then answers health checks and refuses everything else.
+    """
 
     server: grpc.Server
     port: int
-    desk: Desk
+    _desk: Desk | None
     health: health.HealthServicer
     _stop: threading.Event
+    refusal: str | None = None
+
+    @property
+    def desk(self) -> Desk:
+        if self._desk is None:
+            raise Unavailable(self.refusal or "not serving")
+        return self._desk
 
     def stop(self, grace: float = 5.0) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
-        self.desk.store.close()
-        self.desk.vault.close()
+        if self._desk is not None:
+            self._desk.store.close()
+            self._desk.vault.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -249,7 +263,12 @@ def start(settings: Settings) -> Running:
     catalog = registry.load_catalog(active.catalog)
     secrets = settings.load_secrets()
     profiles = ProfileSource(settings.profiles_source, settings.identities_source)
-    store = AuditStore.open(settings.audit_path)
+    try:
+        store = AuditStore.open(settings.audit_path)
+    except AuditLocked as e:  # a second service on the same data directory: do not start
+        raise Unavailable(str(e)) from None
+    except AuditError as e:  # a WAL that does not replay, a log that does not verify, ...
+        return _refuse(settings, str(e))
     vault: Vault | None = None
     try:
         vault = Vault.open(settings.vault_path)
@@ -277,10 +296,12 @@ def start(settings: Settings) -> Running:
         store.close()
         raise Unavailable(f"cannot listen on {settings.listen}")
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
     running = Running(server, port, desk, health_servicer, stop)
+    # NOT_SERVING while the log refuses writes (reopening it, or records lost), SERVING again
+    # once the reopened log verified.
+    store.watch(functools.partial(_follow_audit, running))
     threading.Thread(
         target=_background,
         args=(running, settings, registry),
@@ -289,6 +310,61 @@ def start(settings: Settings) -> Running:
     ).start()
     log.info("listening on %s (port %d)", settings.listen, port)
     return running
+
+
+def _set_health(servicer: health.HealthServicer, status: Any) -> None:
+    for name in ("", SERVICE_NAME):
+        servicer.set(name, status)
+
+
+def _follow_audit(running: Running, failure: AuditWriteError | None) -> None:
+    if running._stop.is_set():
+        return
+    serving = health_pb2.HealthCheckResponse
+    _set_health(running.health, serving.NOT_SERVING if failure else serving.SERVING)
+
+
+def _refuse(settings: Settings, message: str) -> Running:
+    """Listen only to say why not: health NOT_SERVING, every OfferDesk call UNAVAILABLE."""
+    log.error("refusing to serve: %s", message)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((_refusing_handler(message),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise Unavailable(f"cannot listen on {settings.listen}; {message}")
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.start()
+    log.info("listening on %s (port %d), NOT_SERVING", settings.listen, port)
+    return Running(server, port, None, health_servicer, threading.Event(), message)
+
+
+def _refusing_handler(message: str) -> grpc.GenericRpcHandler:
+    """Every method of the OfferDesk service, present and future, answers UNAVAILABLE."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"audit log unavailable: {message}")
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    methods = pb.DESCRIPTOR.services_by_name["OfferDesk"].methods
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {m.name: kinds[m.client_streaming, m.server_streaming](refuse) for m in methods},
+    )
 
 
 def _background(running: Running, settings: Settings, registry: Registry) -> None:
@@ -325,5 +401,8 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
     with contextlib.suppress(KeyboardInterrupt):
-        done.wait()
+        # In slices: CPython runs signal handlers on the main thread only, and an untimed wait
+        # is not woken when the kernel hands SIGTERM to another thread (seen: a minute late).
+        while not done.wait(0.5):
+            pass
     running.stop()
