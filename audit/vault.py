@@ -1,4 +1,5 @@
-"""The vault: personal data kept outside the chained log (pseudonym map, decline notes).
+"""The vault: personal data kept outside the chained log (pseudonym map, decline notes, and
+the keyed hashes of erased customer ids).
 
 The chain stores only random pseudonyms; deleting a customer's row here makes their chained
 records unlinkable without touching the chain. SQLite (WAL, synchronous=FULL), not DuckDB,
@@ -15,10 +16,12 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 from audit.errors import AuditError
+from audit.records import decode_time, encode_time
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pseudonyms (
@@ -33,6 +36,10 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 CREATE INDEX IF NOT EXISTS notes_by_decision ON notes (decision_id);
 CREATE INDEX IF NOT EXISTS notes_by_pseudonym ON notes (pseudonym);
+CREATE TABLE IF NOT EXISTS erased (
+  customer_hash TEXT PRIMARY KEY,
+  erased_at TEXT NOT NULL
+);
 """
 # How long a writer waits for another process's transaction before giving up.
 _BUSY_TIMEOUT_SECONDS = 10.0
@@ -57,6 +64,7 @@ class Vault:
         self._path = path
         self._lock = threading.Lock()
         self._cache: dict[str, str] = {}
+        self._erased: dict[str, datetime] | None = None  # loaded on first use
         self._data_version = self._read_data_version()
         self._closed = False
 
@@ -115,6 +123,7 @@ class Vault:
         version = self._read_data_version()
         if version != self._data_version:
             self._cache.clear()
+            self._erased = None
             self._data_version = version
         return self._cache
 
@@ -167,13 +176,27 @@ class Vault:
             raise AuditError(f"vault {self._path}: {exc}") from exc
         return None if row is None else str(row[0])
 
-    def erase(self, customer_id: str) -> str | None:
+    def erase(
+        self,
+        customer_id: str,
+        *,
+        customer_hash: str | None = None,
+        erased_at: datetime | None = None,
+    ) -> str | None:
         """Delete the customer's pseudonym mapping and notes; return the pseudonym erased.
 
         Their chained records stay (and stay verifiable) but no longer lead to them. A later
-        pseudonym_for() for the same id creates a new, unrelated pseudonym.
+        pseudonym_for() for the same id creates a new, unrelated pseudonym. With
+        ``customer_hash`` (a keyed hash of the id, never the id) and ``erased_at``, the same
+        transaction puts the hash on the erased list, so "unlinked" and "known to be erased"
+        never disagree; nothing is listed when there was no mapping to delete.
         """
         _text("customer_id", customer_id)
+        if (customer_hash is None) != (erased_at is None):
+            raise ValueError("customer_hash and erased_at go together")
+        listing = None
+        if customer_hash is not None and erased_at is not None:
+            listing = (_text("customer_hash", customer_hash), encode_time(erased_at))
         with self._lock:
             with self._transaction() as con:
                 row = con.execute(
@@ -182,14 +205,57 @@ class Vault:
                 if row is not None:
                     con.execute("DELETE FROM notes WHERE pseudonym = ?", (row[0],))
                     con.execute("DELETE FROM pseudonyms WHERE customer_id = ?", (customer_id,))
+                    if listing is not None:
+                        con.execute(
+                            "INSERT OR REPLACE INTO erased (customer_hash, erased_at) "
+                            "VALUES (?, ?)",
+                            listing,
+                        )
             self._cache.pop(customer_id, None)
             if row is None:
                 return None
+            if listing is not None and self._erased is not None:
+                self._erased[listing[0]] = decode_time(listing[1])
             # Best effort: fold the WAL (which still holds the old pages) into the file and
             # truncate it; a reader in another process can keep it from completing now.
             with contextlib.suppress(sqlite3.Error):
                 self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return str(row[0])
+
+    def erased_at(self, customer_hash: str) -> datetime | None:
+        """When the customer id behind this keyed hash was last erased, or None."""
+        with self._lock:
+            self._fresh_cache()
+            if self._erased is None:
+                try:
+                    rows = self._con.execute("SELECT customer_hash, erased_at FROM erased")
+                    self._erased = {str(h): decode_time(str(at)) for h, at in rows.fetchall()}
+                except sqlite3.Error as exc:
+                    raise AuditError(f"vault {self._path}: {exc}") from exc
+            return self._erased.get(customer_hash)
+
+    def forget_erased(self, before: datetime) -> int:
+        """Drop erased-list entries older than ``before`` (no longer needed by the contact
+        policy); return how many went."""
+        cutoff = encode_time(before)  # fixed-width UTC text: compares like the times do
+        with self._lock, self._transaction() as con:
+            gone = con.execute("DELETE FROM erased WHERE erased_at < ?", (cutoff,)).rowcount
+            self._erased = None
+            return int(gone)
+
+    def note_count(self, pseudonym: str) -> int:
+        """How many notes are kept under a pseudonym (what an erasure would delete)."""
+        _text("pseudonym", pseudonym)
+        with self._lock:
+            if self._closed:
+                raise AuditError("vault is closed")
+            try:
+                row = self._con.execute(
+                    "SELECT count(*) FROM notes WHERE pseudonym = ?", (pseudonym,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise AuditError(f"vault {self._path}: {exc}") from exc
+            return int(row[0])
 
     def add_note(self, decision_id: str, pseudonym: str, note: str) -> bool:
         """Keep an agent's free-text note on a decision; False (nothing kept) if the

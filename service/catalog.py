@@ -125,6 +125,14 @@ class BlackoutSpec(_Strict):
         return self
 
 
+class AfterErasureSpec(_Strict):
+    #: days after the (UTC) day of an erasure during which the same customer id gets no offer
+    #: (its history went with the old pseudonym); 0: treated as a new customer at once;
+    #: unset: the longest of window_days, decline_cooldown_days and offer_cooldown_days, so
+    #: an erasure can never reset a cap or cooldown
+    suppress_days: int | None = Field(default=None, ge=0, le=366)
+
+
 class ContactPolicySpec(_Strict):
     #: offers need the customer's marketing consent (recommended: true)
     require_consent: bool = True
@@ -136,6 +144,16 @@ class ContactPolicySpec(_Strict):
     #: the same offer is not made again within this many days
     offer_cooldown_days: int = Field(default=60, ge=0, le=366)
     blackouts: list[BlackoutSpec] = []
+    #: what a customer id gets after `offerdesk audit erase` (see docs/compliance.md)
+    after_erasure: AfterErasureSpec = AfterErasureSpec()
+
+    @property
+    def erasure_suppress_days(self) -> int:
+        """The pause after an erasure in days: as configured, else the longest window."""
+        configured = self.after_erasure.suppress_days
+        if configured is not None:
+            return configured
+        return max(self.window_days, self.decline_cooldown_days, self.offer_cooldown_days)
 
 
 class PolicySpec(_Strict):

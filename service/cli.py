@@ -512,6 +512,103 @@ def audit_replay(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@audit_app.command("erase")
+def audit_erase(
+    customer: Annotated[
+        str, typer.Option("--customer", help="Customer id (as in the profile source) to erase.")
+    ],
+    requested_by: Annotated[
+        str,
+        typer.Option("--requested-by", help="Operator id of who asked (no name, no email)."),
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Erase a customer (service stopped): chain an `erasure` record, then delete their
+    pseudonym and notes from the vault. Their records stay, verifiable and unlinkable."""
+    from datetime import UTC, datetime
+
+    from audit.errors import AuditError, AuditLocked
+    from audit.store import AuditStore
+    from audit.vault import Vault
+    from service import erasure
+    from service.errors import CatalogError, InvalidArgument, ModelError, NotFound
+    from service.registry import Registry
+
+    flags = {"customer_id": "--customer", "requested_by": "--requested-by"}
+    try:
+        erasure.check_request(customer, requested_by)
+    except InvalidArgument as e:
+        err.print(f"[red]✗[/red] {flags.get(e.field, e.field)}: {e.problem}; nothing was changed")
+        raise typer.Exit(2) from None
+    settings = _settings(config, data_dir)
+    for path in (settings.audit_path, settings.vault_path):
+        if not path.exists():
+            err.print(f"[red]✗[/red] {path}: no such file, so nothing to erase (--data-dir?)")
+            raise typer.Exit(2)
+    if not yes and not typer.confirm(
+        "Erase this customer? Their records stay but can no longer be linked to them.", err=True
+    ):
+        err.print("nothing was changed")
+        raise typer.Exit(1)
+    try:
+        store = AuditStore.open(settings.audit_path)
+    except AuditLocked as e:
+        err.print(f"[yellow]{e}[/yellow]")
+        err.print(
+            "While the service runs, erasure must go through the running service's admin API "
+            "(it calls Desk.erase). Without it: stop the service (SIGTERM drains in-flight "
+            "calls), run `offerdesk audit erase` again, then start the service. "
+            "Nothing was changed."
+        )
+        raise typer.Exit(3) from None
+    except AuditError as e:
+        err.print(f"[red]✗[/red] {settings.audit_path}: {e}")
+        raise typer.Exit(2) from None
+    try:
+        contact, version, no_catalog = None, None, None
+        try:  # the catalog only (no models): to say in the record what the policy does next
+            registry = Registry(settings.registry_dir)
+            active = registry.load_catalog(registry.active().catalog)
+            contact, version = active.policy.contact, active.version
+        except (ModelError, CatalogError) as e:
+            no_catalog = e
+        with Vault.open(settings.vault_path) as vault:
+            result = erasure.erase(
+                store,
+                vault,
+                settings.load_secrets().hash_key.get_secret_value(),
+                customer,
+                requested_by,
+                datetime.now(UTC),
+                contact=contact,
+                catalog_version=version,
+            )
+    except NotFound as e:
+        err.print(f"[red]✗[/red] --customer: {str(e).removeprefix('customer_id: ')}")
+        raise typer.Exit(1) from None
+    except AuditError as e:
+        err.print(f"[red]✗[/red] erasure failed: {e}; run the same command again to finish it")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    when = f"{result.erased_at:%Y-%m-%d %H:%M:%S} UTC"
+    if result.outcome == "already_erased":
+        console.print(f"[green]✓[/green] already erased on {when}; nothing to do")
+    else:
+        done = "erased" if result.outcome == "erased" else "finished the erasure recorded"
+        console.print(
+            f"[green]✓[/green] {done} on {when}: pseudonym and {result.notes_deleted} note(s) "
+            f"deleted from the vault; `erasure` record at seq {result.audit_sequence}"
+        )
+    until = result.offers_paused_until
+    if until is not None:
+        console.print(f"  offers to this customer id pause until {until:%Y-%m-%d} (UTC)")
+    elif no_catalog is not None and result.outcome == "erased":
+        err.print(f"[yellow]no active catalog[/yellow] ({no_catalog}): the record omits the pause")
+
+
 def _load_catalog_or_exit(path: Path) -> Catalog:
     from service.catalog import load_catalog
     from service.errors import CatalogError

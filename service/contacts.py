@@ -49,6 +49,18 @@ class ContactBook:
                 self._purchased[who].add(body["product"])
             elif kind == "consent":
                 self._consent[who] = body["marketing_consent"]
+            elif kind == "erasure":
+                self._forget(who)
+
+    def forget(self, pseudonym: str) -> None:
+        """Drop everything held for an erased pseudonym (it stays in the log, unlinked)."""
+        with self._lock:
+            self._forget(pseudonym)
+
+    def _forget(self, pseudonym: str) -> None:
+        self._events.pop(pseudonym, None)
+        self._consent.pop(pseudonym, None)
+        self._purchased.pop(pseudonym, None)
 
     def history(self, pseudonym: str) -> list[ContactEvent]:
         with self._lock:

@@ -1,16 +1,17 @@
 """decide(): the whole decision for one resolved ticket, as a pure function.
 
 Pure over (inputs, models, catalog): the inputs carry the customer's profile snapshot, the ticket,
-the contact history, the decision time, the seed and the holdout bucket — everything any rule or
-model reads — and are logged verbatim, so re-running decide() on a logged record gives the same
-offer, scores and reasons. Never reads a clock, a file, a database or the network.
+the contact history, the day of an erasure still pausing offers, the decision time, the seed and
+the holdout bucket — everything any rule or model reads — and are logged verbatim, so re-running
+decide() on a logged record gives the same offer, scores and reasons. Never reads a clock, a
+file, a database or the network.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from audit.records import decode_time, encode_time
@@ -44,6 +45,8 @@ AGENT_MESSAGES = {
     "OPTED_OUT": "No offer: the customer has not agreed to receive offers.",
     "CONTACT_LIMIT": "No offer: the customer has had enough offers recently.",
 }
+#: CONTACT_LIMIT during the pause after an erasure: true, and says nothing about the erasure
+PAUSED_MESSAGE = "No offer: offers to this customer are paused for now."
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,12 @@ class DecisionInputs:
     customer: Mapping[str, Any] | None  # customer_view() of the profile; None: unknown customer
     ticket: Mapping[str, Any]
     history: tuple[ContactEvent, ...]
+    #: UTC day of this customer id's last erasure while it may still pause offers
+    #: (policy.relevant_erasure), else None
+    erased_on: date | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "now": encode_time(self.now),
             "seed": self.seed,
             "holdout_bucket": self.holdout_bucket,
@@ -66,9 +72,14 @@ class DecisionInputs:
             "ticket": dict(self.ticket),
             "history": [e.to_record() for e in self.history],
         }
+        # Only when set: most records stay as they were, and an older record reads back as-is.
+        if self.erased_on is not None:
+            record["erased_on"] = self.erased_on.isoformat()
+        return record
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> DecisionInputs:
+        erased_on = r.get("erased_on")
         return cls(
             decode_time(r["now"]),
             r["seed"],
@@ -76,6 +87,7 @@ class DecisionInputs:
             r["customer"],
             r["ticket"],
             tuple(ContactEvent.from_record(e) for e in r["history"]),
+            None if erased_on is None else date.fromisoformat(erased_on),
         )
 
 
@@ -259,7 +271,17 @@ def decide(inputs: DecisionInputs, models: Models, catalog: Catalog) -> Decision
                 tuple(errors),
             )
 
-    # 3. Caps on the customer as a whole.
+    # 3. Caps on the customer as a whole; after an erasure, a pause first (their history,
+    #    and so the caps it would hit, went with the erased pseudonym).
+    block = policy.erasure_block(spec.contact, inputs.erased_on, now)
+    if block:
+        return _no_offer(
+            group,
+            block.code,
+            PAUSED_MESSAGE,
+            contact,
+            everyone("CONTACT_POLICY", block.rule_id, block.detail),
+        )
     block = policy.limit_block(spec.contact, history, now)
     if block:
         return _no_offer(

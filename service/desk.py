@@ -2,11 +2,13 @@
 
 Per request: resolve the customer, read contact state from memory, decide, write durably
 (group commit), update memory, answer. Per customer, read → decide → commit is serialised so two
-concurrent decisions cannot both pass a cap. Idempotency indexes are rebuilt from the log.
+concurrent decisions cannot both pass a cap, nor fall between the two steps of an erasure.
+Idempotency indexes are rebuilt from the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -19,10 +21,11 @@ from typing import Any
 from audit.records import NewRecord, StoredRecord, decode_time, encode_time, keyed_hash
 from audit.store import AuditStore
 from audit.vault import Vault
-from service import policy
+from service import erasure, policy
 from service.arbitration import holdout_bucket, seed_from
 from service.catalog import Catalog
 from service.decide import DecisionInputs, decide
+from service.erasure import ErasureResult
 from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from service.features import customer_view
 from service.profiles import ProfileSource
@@ -96,10 +99,15 @@ class Desk:
     # -- start-up and reload --------------------------------------------------------------
     def _rebuild(self) -> None:
         n = 0
+        erasures: list[StoredRecord] = []
         for r in self.store.scan():
             self._fold(Committed.read(r))
             n += 1
+            if r.kind == "erasure":
+                erasures.append(r)
         log.info("rebuilt state from %d audit records", n)
+        # Before serving: an erasure recorded but not applied (crash) is applied now.
+        erasure.finish_pending(self.vault, self._hash_key, erasures)
 
     def _fold(self, c: Committed) -> None:
         """Bring memory up to date with one committed record (contact book and indexes)."""
@@ -225,13 +233,15 @@ class Desk:
         dep = self.deployment
         customer_id = self.profiles.resolve(cmd.helpdesk, cmd.external_id)
         profile = self.profiles.profile(customer_id) if customer_id else None
-        pseudonym = self.vault.pseudonym_for(customer_id) if customer_id else None
         stripe = self._stripes[hash(customer_id or key_hash) % _STRIPES]
         with stripe:
+            # Inside the stripe: an erasure of this customer cannot slip in between.
+            pseudonym = self.vault.pseudonym_for(customer_id) if customer_id else None
             records: list[NewRecord] = []
             customer = None
             history: tuple[policy.ContactEvent, ...] = ()
-            if profile is not None and pseudonym is not None:
+            erased_on = None
+            if customer_id is not None and profile is not None and pseudonym is not None:
                 customer = customer_view(profile)
                 bought = self.contacts.purchased(pseudonym)
                 if bought:
@@ -242,6 +252,11 @@ class Desk:
                 history = policy.relevant_history(
                     self.contacts.history(pseudonym), dep.catalog.policy.contact, now
                 )
+                erased_on = policy.relevant_erasure(
+                    self.vault.erased_at(erasure.customer_hash(self._hash_key, customer_id)),
+                    dep.catalog.policy.contact,
+                    now,
+                )
             inputs = DecisionInputs(
                 now=now,
                 seed=seed_from(key_hash),
@@ -249,6 +264,7 @@ class Desk:
                 customer=customer,
                 ticket=cmd.ticket,
                 history=history,
+                erased_on=erased_on,
             )
             decision = decide(inputs, dep.models, dep.catalog)
             decision_id = "d_" + secrets.token_hex(16)
@@ -348,6 +364,39 @@ class Desk:
             self._fold(committed)
         return committed.record
 
+    # -- Erasure (the admin API's entry; `offerdesk audit erase` runs the same steps offline) --
+    def erase(self, customer_id: str, requested_by: str, now: datetime) -> ErasureResult:
+        """Erase a customer (service.erasure.erase) and drop the old pseudonym from memory.
+
+        Holds the customer's stripe (decisions) and their pseudonym's (outcomes and notes), so
+        nothing about them is written between the chained record and the vault delete.
+        """
+        erasure.check_request(customer_id, requested_by)
+        dep = self._deployment
+        while True:
+            pseudonym = self.vault.lookup(customer_id)
+            held = {hash(customer_id) % _STRIPES}
+            if pseudonym is not None:
+                held.add(hash(pseudonym) % _STRIPES)
+            with contextlib.ExitStack() as stack:
+                for i in sorted(held):  # one order for every taker of two stripes
+                    stack.enter_context(self._stripes[i])
+                if self.vault.lookup(customer_id) != pseudonym:
+                    continue  # a decision created their pseudonym meanwhile: lock it too
+                result = erasure.erase(
+                    self.store,
+                    self.vault,
+                    self._hash_key,
+                    customer_id,
+                    requested_by,
+                    now,
+                    contact=None if dep is None else dep.catalog.policy.contact,
+                    catalog_version=None if dep is None else dep.catalog.version,
+                )
+                if result.pseudonym is not None:
+                    self.contacts.forget(result.pseudonym)
+                return result
+
     # -- GetDecision and friends -----------------------------------------------------------
     def find_decision(
         self, *, decision_id: str | None = None, request_key: str | None = None
@@ -374,8 +423,11 @@ class Desk:
         records = []
         now = _now()
         # Offers older than any window are never read again (they stay in the log).
-        lookback = policy.lookback_days(self.deployment.catalog.policy.contact)
+        contact = self.deployment.catalog.policy.contact
+        lookback = policy.lookback_days(contact)
         self.contacts.prune(now - timedelta(days=lookback + 1))
+        # Keyed hashes of erased ids are kept only while they can still pause an offer.
+        self.vault.forget_erased(policy.erasure_horizon(contact, now))
         for customer_id, consent in changed.items():
             pseudonym = self.vault.lookup(customer_id)
             if pseudonym is not None:

@@ -1,15 +1,16 @@
-"""Contact policy: consent, caps, cooldowns and blackouts — restraint as pure functions.
+"""Contact policy: consent, caps, cooldowns, blackouts and the pause after an erasure —
+restraint as pure functions.
 
-Reads a customer's contact history (offers shown and what came of them, from the audit log) and
-the decision time; never reads a clock or a database. Guardrails always win over the model:
-anything blocked here is never shown, exploration included.
+Reads a customer's contact history (offers shown and what came of them, from the audit log),
+the day their data was last erased, and the decision time; never reads a clock or a database.
+Guardrails always win over the model: anything blocked here is never shown, exploration included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from service.catalog import ContactPolicySpec
@@ -168,3 +169,46 @@ def offer_block(
                 f"Offered less than {policy.offer_cooldown_days} days ago.",
             )
     return None
+
+
+def erasure_pause_end(policy: ContactPolicySpec, erased_on: date) -> datetime | None:
+    """When offers resume after an erasure on ``erased_on`` (UTC day): midnight UTC after the
+    policy's paused days, so the pause is never shorter than configured. None: no pause."""
+    days = policy.erasure_suppress_days
+    if days == 0:
+        return None
+    return datetime(erased_on.year, erased_on.month, erased_on.day, tzinfo=UTC) + (days + 1) * DAY
+
+
+def relevant_erasure(
+    erased_at: datetime | None, policy: ContactPolicySpec, now: datetime
+) -> date | None:
+    """What decide() reads (and the log records) about an erasure of this customer id: its day
+    while it can still pause offers, else None. The day, never the time, so a new decision
+    cannot be joined to its erasure record by an exact timestamp."""
+    if erased_at is None:
+        return None
+    erased_on = erased_at.astimezone(UTC).date()
+    end = erasure_pause_end(policy, erased_on)
+    return erased_on if end is not None and now < end else None
+
+
+def erasure_horizon(policy: ContactPolicySpec, now: datetime) -> datetime:
+    """Erasures before this time can no longer pause an offer under ``policy``: their entry in
+    the vault's erased list is no longer needed."""
+    return now - (policy.erasure_suppress_days + 1) * DAY
+
+
+def erasure_block(policy: ContactPolicySpec, erased_on: date | None, now: datetime) -> Block | None:
+    """After an erasure the customer's history is gone; a pause stands in for the caps and
+    cooldowns it held, so erasing cannot be used to reset them."""
+    if erased_on is None:
+        return None
+    end = erasure_pause_end(policy, erased_on)
+    if end is None or now >= end:
+        return None
+    return Block(
+        "CONTACT_LIMIT",
+        "contact.after_erasure",
+        f"Offers are paused until {end:%Y-%m-%d} after this customer's data was erased.",
+    )
