@@ -321,8 +321,8 @@ class AuditStore:
             return
         elapsed = time.perf_counter() - started
         for chained in stored:
-            for record in chained:
-                self._tree.append(record.hash)
+            for done in chained:
+                self._tree.append(done.hash)
         self._head = (seq, prev)
         self._tree_head = TreeHead(seq, prev, self._tree.root())
         old = self._stats

@@ -205,39 +205,69 @@ def catalog_check(file: Annotated[Path, typer.Argument(help="Catalog YAML file."
 def audit_verify(
     path: Annotated[
         Path | None,
-        typer.Argument(help="Audit DuckDB file or Parquet export (default: the data dir's log)."),
+        typer.Argument(
+            help="Audit DuckDB file, Parquet export or export segment directory "
+            "(default: the data dir's log)."
+        ),
     ] = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="Signed checkpoint file (default: the data dir's, or the segment's)."),
+    ] = None,
+    pubkey: Annotated[
+        Path | None,
+        typer.Option(help="Public keys, one per line (default: the data dir's, or the segment's)."),
+    ] = None,
+    deep: Annotated[
+        bool, typer.Option(help="Also re-check every record's canonical form row by row.")
+    ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Walk the hash chain; name the first record that does not verify (exit 1)."""
+    """Check the hash chain and every signed checkpoint; name the first bad record or
+    checkpoint (exit 1)."""
     from audit.errors import AuditError, AuditLocked
     from audit.verify import verify_file
+    from service.audit_commands import checkpoints_for, live_segment, segment_inputs
 
-    target = path or _settings(config, data_dir).audit_path
+    settings = _settings(config, data_dir)
+    target = path or settings.audit_path
+    if target.is_dir():
+        target, checkpoints, pubkey = segment_inputs(target, checkpoints, pubkey)
     if not target.exists():
         err.print(f"[red]{target}: no such file[/red]")
         raise typer.Exit(2)
+    signed = checkpoints_for(settings, checkpoints, pubkey)
     try:
-        report = verify_file(target)
-    except AuditLocked as e:
-        err.print(f"[yellow]{e}[/yellow]")
-        err.print(
-            "Today: stop the service (SIGTERM drains in-flight calls and closes the log), "
-            "then run `offerdesk audit verify` again."
-        )
-        raise typer.Exit(3) from None
+        report = verify_file(target, [s.checkpoint for s in signed], deep=deep)
+    except AuditLocked:
+        # The service holds the file: verify a sealed segment it exports for us instead.
+        segment = live_segment(settings)
+        target, checkpoints, pubkey = segment_inputs(segment, None, None)
+        signed = checkpoints_for(settings, checkpoints, pubkey)
+        report = verify_file(target, [s.checkpoint for s in signed], deep=deep)
     except (AuditError, ValueError, OSError) as e:
         err.print(f"[red]✗[/red] {target}: cannot read as an audit log: {e}")
         raise typer.Exit(2) from None
-    if report.ok:
-        console.print(
-            f"[green]✓[/green] {target}: {report.count:,} records, chain intact; "
-            f"head {report.head_hash.hex()}"
-        )
-    else:
+    if not report.ok:
         err.print(f"[red]✗[/red] {target}: {report.problem}")
         raise typer.Exit(1)
+    console.print(
+        f"[green]✓[/green] {target}: {report.count:,} records, chain intact; "
+        f"head {report.head_hash.hex()}"
+    )
+    if signed:
+        unsealed = report.count - report.sealed
+        console.print(
+            f"[green]✓[/green] {report.checkpoints} signed checkpoints match; the newest seals "
+            f"{report.sealed:,} records"
+            + (f" ({unsealed:,} after it rest on the chain alone)" if unsealed else "")
+        )
+    else:
+        console.print(
+            "[yellow]no signed checkpoints[/yellow]: a cut-off tail or a log re-chained as a "
+            "whole would pass; pass --checkpoints and --pubkey"
+        )
 
 
 # -- audit why / audit query: the questions compliance asks (docs/compliance.md) ----------------
@@ -621,5 +651,12 @@ def _load_catalog_or_exit(path: Path) -> Catalog:
         raise typer.Exit(1) from None
 
 
+# The proof commands live beside the ones above, in their own module; importing it registers them.
+from service import audit_commands as _audit_commands  # noqa: E402, F401
+
 if __name__ == "__main__":
-    app()
+    # Run as a module, this file is __main__ while audit_commands registered its commands on
+    # service.cli's app: run that one.
+    from service.cli import app as registered
+
+    registered()

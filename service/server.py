@@ -23,16 +23,27 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from offerdesk.v1 import audit_pb2 as apb
+from offerdesk.v1 import audit_pb2_grpc as apb_grpc
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from audit.errors import AuditError, AuditLocked, AuditWriteError
+from audit.checkpoint import (
+    DirectoryPublisher,
+    GitPublisher,
+    KeyRing,
+    Publisher,
+    WebhookPublisher,
+)
+from audit.checkpointer import Checkpointer
+from audit.errors import AuditCorrupt, AuditError, AuditLocked, AuditWriteError
 from audit.records import decode_time
 from audit.store import AuditStore
 from audit.vault import Vault
 from service import validation
+from service.audit_api import AuditContext, AuditServicer
 from service.desk import Deployment, Desk
 from service.errors import (
     AlreadyExists,
@@ -45,10 +56,11 @@ from service.errors import (
 )
 from service.profiles import ProfileSource
 from service.registry import Registry
-from service.settings import Settings
+from service.settings import DirectoryPublication, GitPublication, Settings
 
 log = logging.getLogger("offerdesk")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
+AUDIT_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Audit"].full_name
 T = TypeVar("T")
 
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -232,6 +244,7 @@ class Running:
     health: health.HealthServicer
     _stop: threading.Event
     refusal: str | None = None
+    checkpointer: Checkpointer | None = None
 
     @property
     def desk(self) -> Desk:
@@ -245,6 +258,9 @@ class Running:
         self._stop.set()
         _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.checkpointer is not None:
+            # After the drain, before the store closes: the final checkpoint seals everything.
+            self.checkpointer.close()
         if self._desk is not None:
             self._desk.store.close()
             self._desk.vault.close()
@@ -263,29 +279,60 @@ def start(settings: Settings) -> Running:
     catalog = registry.load_catalog(active.catalog)
     secrets = settings.load_secrets()
     profiles = ProfileSource(settings.profiles_source, settings.identities_source)
+    keys = KeyRing.open(settings.signing_key_dir, settings.audit.origin)
+    token = settings.audit_api_token()
     try:
         store = AuditStore.open(settings.audit_path)
     except AuditLocked as e:  # a second service on the same data directory: do not start
         raise Unavailable(str(e)) from None
     except AuditError as e:  # a WAL that does not replay, a log that does not verify, ...
         return _refuse(settings, str(e))
+    try:
+        # Before anything is written: a log that does not extend its last signed checkpoint
+        # (cut off, or rewritten) is evidence, not something to append to.
+        checkpointer = Checkpointer.start(
+            store,
+            keys,
+            settings.checkpoint_path,
+            _publishers(settings),
+            every_records=settings.audit.checkpoint_every_records,
+            every_seconds=settings.audit.checkpoint_every_seconds,
+        )
+    except AuditCorrupt as e:
+        store.close()
+        return _refuse(settings, str(e))
+    except BaseException:
+        store.close()
+        raise
     vault: Vault | None = None
     try:
         vault = Vault.open(settings.vault_path)
         desk = Desk(store, vault, profiles, registry, secrets)
         desk.deploy(Deployment(models, catalog), "start")
     except BaseException:
+        checkpointer.close()
         store.close()
         if vault is not None:
             vault.close()
         raise
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers))
     pb_grpc.add_OfferDeskServicer_to_server(OfferDeskServicer(desk), server)
+    audit_context = AuditContext(
+        desk,
+        keys,
+        checkpointer,
+        settings.checkpoint_path,
+        settings.export_dir,
+        settings.registry_dir,
+        token,
+    )
+    apb_grpc.add_AuditServicer_to_server(AuditServicer(audit_context), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            AUDIT_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -293,12 +340,14 @@ def start(settings: Settings) -> Running:
     )
     port = server.add_insecure_port(settings.listen)
     if port == 0:
+        checkpointer.close()
         store.close()
+        vault.close()
         raise Unavailable(f"cannot listen on {settings.listen}")
     server.start()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
-    running = Running(server, port, desk, health_servicer, stop)
+    running = Running(server, port, desk, health_servicer, stop, checkpointer=checkpointer)
     # NOT_SERVING while the log refuses writes (reopening it, or records lost), SERVING again
     # once the reopened log verified.
     store.watch(functools.partial(_follow_audit, running))
@@ -310,6 +359,20 @@ def start(settings: Settings) -> Running:
     ).start()
     log.info("listening on %s (port %d)", settings.listen, port)
     return running
+
+
+def _publishers(settings: Settings) -> list[Publisher]:
+    """The configured publication points, in settings order."""
+    out: list[Publisher] = []
+    for spec in settings.audit.publish:
+        if isinstance(spec, DirectoryPublication):
+            out.append(DirectoryPublisher(spec.path))
+        elif isinstance(spec, GitPublication):
+            out.append(GitPublisher(spec.repo, spec.remote))
+        else:
+            secret = None if spec.secret is None else bytes.fromhex(spec.secret.get_secret_value())
+            out.append(WebhookPublisher(spec.url, secret, spec.timeout_seconds))
+    return out
 
 
 def _set_health(servicer: health.HealthServicer, status: Any) -> None:

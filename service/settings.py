@@ -185,7 +185,6 @@ class Settings(BaseSettings):
             holdout_key=SecretBytes(_secret(self.secrets_dir / "holdout.key", self.holdout_key)),
         )
 
-
     def audit_api_token(self) -> bytes:
         """The audit API's bearer token: from settings or a file created once (0600)."""
         if self.audit.api_token is not None:
