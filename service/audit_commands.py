@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from audit.checkpoint import CheckpointLog, KeyRing, SignedCheckpoint, VerifierKey
 from audit.errors import AuditError, AuditLocked
@@ -78,7 +80,7 @@ def _emit(document: Any, out: Path | None) -> None:
         console.print(f"wrote {out}")
 
 
-def _live(settings: Settings, method: str, request: Any) -> Any:
+def live(settings: Settings, method: str, request: Any) -> Any:
     """Ask the running service (it holds the log); exit 3 when it does not answer."""
     from service.audit_client import AuditApiError, call
     from service.errors import Unavailable
@@ -95,13 +97,22 @@ def _live(settings: Settings, method: str, request: Any) -> Any:
     return document
 
 
+def timestamp(at: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp for an aware datetime (None stays None: the field is unset)."""
+    if at is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(at.astimezone(UTC).replace(tzinfo=None))
+    return ts
+
+
 def _file_or_live(
     settings: Settings, offline: Callable[[], T], method: str, request: Any
 ) -> T | Any:
     try:
         return offline()
     except AuditLocked:
-        return _live(settings, method, request)
+        return live(settings, method, request)
 
 
 def checkpoints_for(
@@ -136,7 +147,7 @@ def live_segment(settings: Settings) -> Path:
     from offerdesk.v1 import audit_pb2 as apb
 
     err.print("[dim]the service holds the log: verifying a sealed segment it exports[/dim]")
-    manifest = _live(settings, "Export", apb.ExportRequest())
+    manifest = live(settings, "Export", apb.ExportRequest())
     return Path(manifest["path"])
 
 
@@ -310,7 +321,7 @@ def audit_status(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     from offerdesk.v1 import audit_pb2 as apb
 
     settings = _settings(config, data_dir)
-    console.print_json(json.dumps(_live(settings, "Status", apb.StatusRequest())))
+    console.print_json(json.dumps(live(settings, "Status", apb.StatusRequest())))
 
 
 class _ReadOnlyLog:

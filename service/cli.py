@@ -6,6 +6,7 @@ any failure with a message that says what to do next.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -325,6 +326,25 @@ def audit_why(
         ):
             decisions = why(con, [pseudonym], offer, low, high)
     except compliance.ReportError as e:
+        if e.code == 3 and db is None and export is None:
+            from offerdesk.v1 import audit_pb2 as apb
+
+            from service.audit_commands import live, timestamp
+
+            # The service holds the log: it answers the same question and logs the access.
+            request = apb.WhyRequest(
+                customer_id=customer,
+                offer_id=offer or "",
+                since=timestamp(low),
+                until=timestamp(high),
+            )
+            try:
+                answer = live(settings, "Why", request)
+            except typer.Exit:
+                err.print(f"[yellow]{e}[/yellow]")
+                raise
+            console.print_json(json.dumps(answer))
+            return
         err.print(f"[red]{e}[/red]" if e.code != 3 else f"[yellow]{e}[/yellow]")
         raise typer.Exit(e.code) from None
     except ValueError as e:
@@ -371,6 +391,19 @@ def audit_query(
         ):
             table = query_view(con, name, limit=limit)
     except compliance.ReportError as e:
+        if e.code == 3 and db is None and export is None:
+            from offerdesk.v1 import audit_pb2 as apb
+
+            from service.audit_commands import live
+
+            # The service holds the log: it runs the same view and logs the access.
+            try:
+                answer = live(settings, "Query", apb.QueryRequest(view=name, limit=limit or 0))
+            except typer.Exit:
+                err.print(f"[yellow]{e}[/yellow]")
+                raise
+            console.print_json(json.dumps(answer))
+            return
         err.print(f"[red]{e}[/red]" if e.code != 3 else f"[yellow]{e}[/yellow]")
         raise typer.Exit(e.code) from None
     except ValueError as e:

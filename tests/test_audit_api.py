@@ -173,6 +173,17 @@ def test_the_cli_asks_the_running_service_when_it_holds_the_log(
     )
     assert verified.returncode == 0, verified.stderr
     assert "signed checkpoints match" in verified.stdout
+    cid = decided[0][0]
+    asked = subprocess.run(
+        [*cli, "why", "--customer", cid], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["decision_count"] == 3
+    queried = subprocess.run(
+        [*cli, "query", "decisions"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert queried.returncode == 0, queried.stderr
+    assert json.loads(queried.stdout)["row_count"] == len(decided)
     proof = tmp_path / "proof.json"
     decision_id = decided[0][1].decision_id
     proved = subprocess.run(
