@@ -59,6 +59,16 @@ def token_id(token: bytes) -> str:
     return "tok_" + hashlib.sha256(b"offerdesk audit token\x00" + token).hexdigest()[:12]
 
 
+def authenticate(context: grpc.ServicerContext, token: bytes, setting: str) -> None:
+    """Raise Unauthenticated unless the call carries `authorization: Bearer <token>`."""
+    presented = b""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            presented = value.removeprefix("Bearer ").strip().encode()
+    if not hmac.compare_digest(presented, token):
+        raise Unauthenticated(f"authorization: send `authorization: Bearer <{setting}>` metadata")
+
+
 class AuditServicer(apb_grpc.AuditServicer):
     """Thin shell: authenticate, read, log the access, answer."""
 
@@ -71,14 +81,7 @@ class AuditServicer(apb_grpc.AuditServicer):
 
     # -- plumbing -------------------------------------------------------------------------
     def _authenticate(self, context: grpc.ServicerContext) -> None:
-        presented = b""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                presented = value.removeprefix("Bearer ").strip().encode()
-        if not hmac.compare_digest(presented, self.ctx.token):
-            raise Unauthenticated(
-                "authorization: send `authorization: Bearer <audit.api_token>` metadata"
-            )
+        authenticate(context, self.ctx.token, "audit.api_token")
 
     def _answer(
         self, method: str, arguments: dict[str, Any], result: Any, rows: int
@@ -230,3 +233,26 @@ def _time(request: Any, name: str) -> datetime | None:
     if not request.HasField(name):
         return None
     return cast(datetime, getattr(request, name).ToDatetime(tzinfo=UTC))
+
+
+class AuditAdminServicer(apb_grpc.AuditAdminServicer):
+    """Erasure through the running service: the same code as the offline command."""
+
+    def __init__(
+        self,
+        desk: Desk,
+        admin_token: bytes,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.desk = desk
+        self.token = admin_token
+        self.clock = clock
+
+    def Erase(self, request: apb.EraseRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            authenticate(context, self.token, "audit.admin_token")
+            result = self.desk.erase(request.customer_id, request.requested_by, self.clock())
+            return apb.JsonResult(
+                json=json.dumps(result.to_json(), sort_keys=True),
+                audit_sequence=result.audit_sequence or 0,
+            )

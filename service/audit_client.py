@@ -29,10 +29,12 @@ class AuditApiError(OfferDeskError):
 
 
 def call(settings: Settings, method: str, request: Any) -> tuple[Any, int]:
-    """Call one Audit method on the service at settings.listen; return (document, access seq)."""
-    token = settings.audit_api_token().decode()
+    """Call one Audit (or, for Erase, AuditAdmin) method on the service at settings.listen;
+    return (document, audit seq of the call's record)."""
+    admin = method == "Erase"
+    token = (settings.audit_admin_token() if admin else settings.audit_api_token()).decode()
     with grpc.insecure_channel(settings.listen) as channel:
-        stub = apb_grpc.AuditStub(channel)
+        stub: Any = apb_grpc.AuditAdminStub(channel) if admin else apb_grpc.AuditStub(channel)
         try:
             response: apb.JsonResult = getattr(stub, method)(
                 request,

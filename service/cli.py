@@ -618,14 +618,28 @@ def audit_erase(
     try:
         store = AuditStore.open(settings.audit_path)
     except AuditLocked as e:
-        err.print(f"[yellow]{e}[/yellow]")
-        err.print(
-            "While the service runs, erasure must go through the running service's admin API "
-            "(it calls Desk.erase). Without it: stop the service (SIGTERM drains in-flight "
-            "calls), run `offerdesk audit erase` again, then start the service. "
-            "Nothing was changed."
-        )
-        raise typer.Exit(3) from None
+        from offerdesk.v1 import audit_pb2 as apb
+
+        from service.audit_commands import live
+
+        # The service holds the log: it erases through the same code (Desk.erase).
+        try:
+            answer = live(
+                settings,
+                "Erase",
+                apb.EraseRequest(customer_id=customer, requested_by=requested_by),
+            )
+        except typer.Exit:
+            err.print(f"[yellow]{e}[/yellow]")
+            err.print(
+                "Without the running service's admin API: stop the service (SIGTERM drains "
+                "in-flight calls), run `offerdesk audit erase` again, then start the service. "
+                "Nothing was changed."
+            )
+            raise
+        console.print(f"[green]✓[/green] {answer['outcome']} by the running service")
+        console.print_json(json.dumps(answer))
+        return
     except AuditError as e:
         err.print(f"[red]✗[/red] {settings.audit_path}: {e}")
         raise typer.Exit(2) from None

@@ -43,7 +43,7 @@ from audit.records import decode_time
 from audit.store import AuditStore
 from audit.vault import Vault
 from service import validation
-from service.audit_api import AuditContext, AuditServicer
+from service.audit_api import AuditAdminServicer, AuditContext, AuditServicer
 from service.desk import Deployment, Desk
 from service.errors import (
     AlreadyExists,
@@ -281,6 +281,7 @@ def start(settings: Settings) -> Running:
     profiles = ProfileSource(settings.profiles_source, settings.identities_source)
     keys = KeyRing.open(settings.signing_key_dir, settings.audit.origin)
     token = settings.audit_api_token()
+    admin_token = settings.audit_admin_token()
     try:
         store = AuditStore.open(settings.audit_path)
     except AuditLocked as e:  # a second service on the same data directory: do not start
@@ -327,12 +328,14 @@ def start(settings: Settings) -> Running:
         token,
     )
     apb_grpc.add_AuditServicer_to_server(AuditServicer(audit_context), server)
+    apb_grpc.add_AuditAdminServicer_to_server(AuditAdminServicer(desk, admin_token), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             AUDIT_SERVICE_NAME,
+            apb.DESCRIPTOR.services_by_name["AuditAdmin"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

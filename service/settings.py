@@ -91,6 +91,9 @@ class AuditSettings(BaseModel):
     #: bearer token of the read-only audit API (hex or any 32+ characters); when unset it is
     #: read from (or created in) data_dir/secrets/audit-api.token
     api_token: SecretStr | None = None
+    #: bearer token of the audit admin API (erasure); when unset it is read from (or created
+    #: in) data_dir/secrets/audit-admin.token. Never the same as api_token.
+    admin_token: SecretStr | None = None
 
 
 class Settings(BaseSettings):
@@ -187,12 +190,22 @@ class Settings(BaseSettings):
 
     def audit_api_token(self) -> bytes:
         """The audit API's bearer token: from settings or a file created once (0600)."""
-        if self.audit.api_token is not None:
-            token = self.audit.api_token.get_secret_value().encode()
+        return self._token("api_token", self.audit.api_token, "audit-api.token")
+
+    def audit_admin_token(self) -> bytes:
+        """The audit admin API's bearer token (erasure), never the read-only one."""
+        token = self._token("admin_token", self.audit.admin_token, "audit-admin.token")
+        if token == self.audit_api_token():
+            raise ValueError("audit.admin_token must differ from audit.api_token")
+        return token
+
+    def _token(self, name: str, given: SecretStr | None, file: str) -> bytes:
+        if given is not None:
+            token = given.get_secret_value().encode()
         else:
-            token = _secret(self.secrets_dir / "audit-api.token", None).hex().encode()
+            token = _secret(self.secrets_dir / file, None).hex().encode()
         if len(token) < 32:
-            raise ValueError("audit.api_token must be at least 32 characters")
+            raise ValueError(f"audit.{name} must be at least 32 characters")
         return token
 
 

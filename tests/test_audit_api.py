@@ -216,3 +216,51 @@ def test_the_cli_asks_the_running_service_when_it_holds_the_log(
         timeout=120,
     )
     assert forged.returncode == 1
+
+
+def test_erasure_through_the_admin_api_needs_the_admin_token(
+    server: Running, settings: Settings, decided: list[Any]
+) -> None:
+    cid = decided[0][0]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        admin = apb_grpc.AuditAdminStub(channel)
+        request = apb.EraseRequest(customer_id=cid, requested_by="dpo-7")
+        with pytest.raises(grpc.RpcError) as e:
+            admin.Erase(request, metadata=auth(settings))  # the read-only token
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert server.desk.vault.lookup(cid) is not None
+        token = settings.audit_admin_token().decode()
+        answer = admin.Erase(request, metadata=[("authorization", f"Bearer {token}")])
+    result = json.loads(answer.json)
+    assert result["outcome"] == "erased"
+    assert server.desk.vault.lookup(cid) is None
+    erasure = server.desk.store.get(answer.audit_sequence)
+    assert erasure is not None and erasure.kind == "erasure"
+    assert cid not in erasure.record.decode()
+
+
+def test_the_erase_command_goes_through_the_running_service(
+    server: Running, settings: Settings, decided: list[Any]
+) -> None:
+    cid = decided[-1][0]
+    env = {
+        **os.environ,
+        "OFFERDESK_DATA_DIR": str(settings.data_dir),
+        "OFFERDESK_LISTEN": f"127.0.0.1:{server.port}",
+    }
+    erase = [
+        str(Path(sys.executable).parent / "offerdesk"),
+        "audit",
+        "erase",
+        "--customer",
+        cid,
+        "--requested-by",
+        "dpo-7",
+        "--yes",
+    ]
+    done = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "erased by the running service" in done.stdout
+    assert server.desk.vault.lookup(cid) is None
+    again = subprocess.run(erase, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already_erased" in again.stdout
