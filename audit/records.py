@@ -35,7 +35,20 @@ GENESIS_HASH = bytes(32)
 #   consent     a change of a customer's contact consent
 #   deployment  the model and catalog versions the service started serving
 #   erasure     a customer's pseudonym was erased from the vault (the chain keeps the rows)
-KINDS = frozenset({"decision", "outcome", "conversion", "consent", "deployment", "erasure"})
+#   retention   a retention cut: which records' content was removed (audit.retention)
+#   audit_access  one answer of the audit API: who asked what
+KINDS = frozenset(
+    {
+        "decision",
+        "outcome",
+        "conversion",
+        "consent",
+        "deployment",
+        "erasure",
+        "retention",
+        "audit_access",
+    }
+)
 KIND_PATTERN = re.compile(r"[a-z_]{1,32}")
 
 # subject and ref are pseudonyms and keyed hashes, never free text: bounded and printable.
@@ -297,13 +310,20 @@ class StoredRecord:
     recorded_at: datetime  # UTC-aware
     subject: str | None
     ref: str | None
-    record: bytes  # the canonical JSON bytes that were hashed
+    record: bytes  # the canonical JSON bytes that were hashed; b"" once cut
     prev_hash: bytes
     hash: bytes
 
     @property
+    def cut(self) -> bool:
+        """Whether a retention cut removed this record's content (audit.retention)."""
+        return not self.record
+
+    @property
     def body(self) -> dict[str, Any]:
-        """The record's body, parsed from the stored bytes."""
+        """The record's body, parsed from the stored bytes (ValueError once cut)."""
+        if not self.record:
+            raise ValueError(f"record {self.seq}: its content was removed by a retention cut")
         return cast(dict[str, Any], json.loads(self.record)["body"])
 
     def as_row(self) -> tuple[Any, ...]:

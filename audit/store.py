@@ -16,9 +16,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from audit import retention
 from audit.errors import AuditCorrupt, AuditError, AuditLocked, AuditWriteError
 from audit.merkle import Frontier
 from audit.records import (
@@ -125,10 +126,22 @@ class WriterStats:
     last_commit_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class CutRequest:
+    """A retention cut (audit.retention): cut records recorded before their kind's cutoff."""
+
+    cutoffs: Mapping[str, datetime]
+    retention_days: Mapping[str, int]
+    requested_by: str
+    now: datetime
+
+
 @dataclass(slots=True)
 class _Submission:
     records: list[PreparedRecord]
     future: Future[list[StoredRecord]]
+    cut: CutRequest | None = None  # a retention cut, committed on its own
+    cut_rows: list[retention.CutRow] = field(default_factory=list)  # what the cut emptied
 
 
 class AuditStore:
@@ -227,6 +240,52 @@ class AuditStore:
         """Submit and wait until the records are committed; return them as stored."""
         return self.submit(records).result()
 
+    def cut(self, request: CutRequest) -> tuple[StoredRecord, list[retention.CutRow]]:
+        """Run a retention cut; return its chained ``retention`` record and the rows it
+        emptied, once durable.
+
+        In one transaction on the writer thread (between group commits): the cut record is
+        appended and every earlier row not cut yet whose kind has a cutoff and whose
+        ``recorded_at`` is before it keeps only its place in the chain (audit.retention).
+        Hashes, Merkle roots and checkpoints do not change. Raises ValueError for a cutoff
+        on a protected kind and AuditWriteError when the cut did not commit (then nothing
+        was cut).
+        """
+        protected = sorted(set(request.cutoffs) & retention.PROTECTED_KINDS)
+        if protected:
+            raise ValueError(f"{', '.join(protected)} records are never cut")
+        for kind in request.cutoffs:
+            check_kind(kind)
+        encode_time(request.now)  # refuses naive times here, in the caller's thread
+        future: Future[list[StoredRecord]] = Future()
+        with self._cond:
+            if self._failure is not None:
+                raise AuditWriteError(f"audit store is broken: {self._failure}") from self._failure
+            if self._closing:
+                raise AuditWriteError("audit store is closed")
+            submission = _Submission([], future, request)
+            self._queue.append(submission)
+            self._cond.notify()
+        return future.result()[0], submission.cut_rows
+
+    def due(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
+        """How many rows a cut with these cutoffs would cut now, per kind (nothing written)."""
+        where, params = _cut_filter(cutoffs)
+        counts = dict.fromkeys(sorted(cutoffs), 0)
+        if not cutoffs:
+            return counts
+        cursor = self._cursor()
+        try:
+            rows = cursor.execute(
+                f"SELECT kind, count(*) FROM {TABLE} WHERE {where} GROUP BY kind", params
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise AuditError(f"audit query failed: {exc}") from exc
+        finally:
+            cursor.close()
+        counts.update({kind: int(n) for kind, n in rows})
+        return counts
+
     def head(self) -> tuple[int, bytes]:
         """(number of committed records, hash of the last one or 32 zero bytes)."""
         return self._head
@@ -264,7 +323,10 @@ class AuditStore:
             if not batch:
                 continue
             try:
-                self._commit(batch)
+                if batch[0].cut is not None:
+                    self._commit_cut(batch[0], batch[0].cut)
+                else:
+                    self._commit(batch)
             except BaseException as exc:
                 # A bug in the writer must not leave callers waiting forever on futures.
                 self._break(f"the writer failed unexpectedly: {exc!r}", exc)
@@ -279,11 +341,15 @@ class AuditStore:
         while self._queue and (
             not batch or rows + len(self._queue[0].records) <= self._max_batch_rows
         ):
+            if batch and self._queue[0].cut is not None:
+                break  # a cut commits on its own
             submission = self._queue.popleft()
             # A caller may cancel a future that is still waiting; once taken it can't be.
             if submission.future.set_running_or_notify_cancel():
                 batch.append(submission)
                 rows += len(submission.records)
+                if submission.cut is not None:
+                    break
         return batch
 
     def _commit(self, batch: list[_Submission]) -> None:
@@ -332,15 +398,95 @@ class AuditStore:
         for submission, chained in zip(batch, stored, strict=True):
             submission.future.set_result(chained)
 
-    def _write(self, rows: list[tuple[Any, ...]], first: int) -> None:
+    def _commit_cut(self, submission: _Submission, request: CutRequest) -> None:
+        if self._failure is not None:
+            self._fail([submission], self._failure)
+            return
+        first, prev = self._head
+        where, params = _cut_filter(request.cutoffs)
+        try:
+            # Before the transaction, on the writer's own connection: nothing else writes.
+            found = self._con.execute(
+                f"SELECT seq, kind, recorded_at, hash FROM {TABLE} WHERE seq < ? AND {where} "
+                "ORDER BY seq",
+                [first, *params],
+            ).fetchall()
+            cut_rows = [
+                retention.CutRow(int(seq), kind, at.replace(tzinfo=UTC), bytes(digest))
+                for seq, kind, at, digest in found
+            ]
+            body = retention.cut_body(
+                request.cutoffs,
+                cut_rows,
+                retention_days=request.retention_days,
+                requested_by=request.requested_by,
+                now=request.now,
+            )
+            record = prepare(NewRecord(retention.CUT_KIND, request.now, None, None, body))
+        except Exception as exc:
+            self._fail([submission], AuditWriteError(f"retention cut not started: {exc}"))
+            return
+        data = record.envelope(first)
+        digest = chain_hash(prev, data)
+        stored = StoredRecord(
+            first, record.kind, record.recorded_at, None, None, data, prev, digest
+        )
+
+        def empty_the_rows() -> None:
+            if not cut_rows:
+                return
+            changed = self._con.execute(
+                f"UPDATE {TABLE} SET record = ?, subject = NULL, ref = NULL "
+                f"WHERE seq < ? AND {where}",
+                [retention.CUT_RECORD, first, *params],
+            ).fetchone()
+            if changed is None or int(changed[0]) != len(cut_rows):
+                raise AuditError(
+                    f"the cut emptied {changed and changed[0]} rows, expected {len(cut_rows)}"
+                )
+
+        started = time.perf_counter()
+        try:
+            self._write([stored.as_row()], first, also=empty_the_rows)
+        except AuditWriteError as exc:
+            self._fail([submission], exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._tree.append(digest)
+        self._head = (first + 1, digest)
+        self._tree_head = TreeHead(first + 1, digest, self._tree.root())
+        old = self._stats
+        self._stats = WriterStats(old.batches + 1, old.rows + 1, old.failed_batches, 1, elapsed)
+        log.warning(
+            "retention cut at seq %d: content of %d records removed (%s)",
+            first,
+            len(cut_rows),
+            ", ".join(f"{k} {n}" for k, n in body["count_by_kind"].items()) or "none due",
+        )
+        submission.cut_rows = cut_rows
+        submission.future.set_result([stored])
+        if cut_rows:
+            # Write the emptied rows into the file now rather than at some later commit;
+            # a failure here is the store's to recover from (the cut itself is durable).
+            try:
+                self._con.execute("CHECKPOINT")
+            except Exception as exc:
+                self._break("the database checkpoint after a retention cut failed", exc)
+
+    def _write(
+        self, rows: list[tuple[Any, ...]], first: int, *, also: Callable[[], None] | None = None
+    ) -> None:
         """Commit ``rows`` (seqs from ``first``) in one transaction, or raise AuditWriteError.
 
-        Marks the store broken when it can no longer tell what is committed.
+        ``also`` runs inside the same transaction (a retention cut's UPDATE). Marks the
+        store broken when it can no longer tell what is committed.
         """
         con = self._con
         try:
             con.execute("BEGIN TRANSACTION")
             self._append_rows(rows)
+            if also is not None:
+                also()
             # DuckDB fsyncs its WAL at COMMIT (fsync_mode left at its default, STANDARD):
             # once this returns, the batch survives a crash.
             con.execute("COMMIT")
@@ -665,6 +811,17 @@ class AuditStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _cut_filter(cutoffs: Mapping[str, datetime]) -> tuple[str, list[Any]]:
+    """SQL and parameters for the rows a cut with these cutoffs takes (not cut yet)."""
+    if not cutoffs:
+        return "false", []
+    terms, params = [], []
+    for kind, before in sorted(cutoffs.items()):
+        terms.append("(kind = ? AND recorded_at < ?)")
+        params += [kind, before.astimezone(UTC).replace(tzinfo=None)]
+    return f"({' OR '.join(terms)}) AND record <> ?", [*params, retention.CUT_RECORD]
 
 
 def _read_head(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, bytes]:

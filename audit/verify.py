@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from audit import retention
 from audit.errors import AuditCorrupt, AuditError
 from audit.merkle import Frontier
 from audit.records import (
@@ -107,8 +109,14 @@ class _Walk:
     tree: Frontier = field(default_factory=Frontier)
     matched: int = 0  # checkpoints checked so far
     sealed: int = 0
+    # Rows whose content a retention cut removed, and the cut records (audit.retention),
+    # checked against each other once every row has been seen.
+    cut_rows: list[retention.CutRow] = field(default_factory=list)
+    cuts: list[retention.Cut] = field(default_factory=list)
+    first: int = field(init=False, default=0)  # where the walk started
 
     def __post_init__(self) -> None:
+        self.first = self.count
         for earlier, later in zip(self.checkpoints, self.checkpoints[1:], strict=False):
             if later.size < earlier.size:
                 raise ValueError("checkpoints must be in order of size")
@@ -116,7 +124,14 @@ class _Walk:
 
     def row(self, row: tuple[Any, ...]) -> None:
         """Check one row fully (the reference algorithm) and add it."""
-        self.trusted([_verify_row(row, self.count, self.prev)])
+        if len(row) == len(COLUMNS) and row[5] in (retention.CUT_RECORD, b""):
+            digest = _verify_cut_row(row, self.count, self.prev)
+            self.cut_rows.append(retention.CutRow(row[0], row[1], _utc(row[2]), digest))
+        else:
+            digest = _verify_row(row, self.count, self.prev)
+            if row[1] == retention.CUT_KIND:
+                self.cuts.append(_read_cut(row))
+        self.trusted([digest])
 
     def trusted(self, digests: list[bytes]) -> None:
         """Add records whose rows were already checked (chain hashes, in order)."""
@@ -152,6 +167,9 @@ class _Walk:
             self.sealed = checkpoint.size
 
     def report(self) -> VerifyReport:
+        # A walk from a trusted point (audit.recovery) has not seen the rows before it.
+        if self.first == 0 and (problem := retention.check(self.cut_rows, self.cuts)):
+            return self._report(_Bad(*problem))
         if self.matched < len(self.checkpoints):
             checkpoint = self.checkpoints[self.matched]
             number = self.matched + 1
@@ -210,10 +228,7 @@ def _fields(row: StoredRecord | tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _verify_row(row: tuple[Any, ...], expected: int, prev: bytes) -> bytes:
-    if len(row) != len(COLUMNS):
-        raise _Bad(expected, f"record {expected}: row has {len(row)} columns, expected 8")
-    seq, kind, recorded_at, subject, ref, record, prev_hash, digest = row
+def _check_seq(seq: Any, expected: int) -> None:
     if type(seq) is not int:
         raise _Bad(expected, f"record {expected}: seq column is {seq!r}, not an integer")
     if seq > expected:
@@ -222,6 +237,54 @@ def _verify_row(row: tuple[Any, ...], expected: int, prev: bytes) -> bytes:
         raise _Bad(
             seq, f"expected seq {expected}, found {seq} again (a duplicate or inserted record)"
         )
+
+
+def _check_link(seq: int, prev_hash: Any, prev: bytes) -> None:
+    if bytes(prev_hash) != prev:
+        link = "is not the genesis value" if seq == 0 else f"does not link to record {seq - 1}"
+        raise _Bad(seq, f"record {seq}: prev_hash {link} (deleted, inserted or reordered record?)")
+
+
+def _verify_cut_row(row: tuple[Any, ...], expected: int, prev: bytes) -> bytes:
+    """A row whose content a retention cut removed: its place in the chain, and its shape.
+
+    Its hash cannot be recomputed (the bytes are gone); the next row's link, the signed
+    checkpoints and the cut record's digest (checked in _Walk.report) are what hold it.
+    """
+    seq, kind, recorded_at, subject, ref, _, prev_hash, digest = row
+    _check_seq(seq, expected)
+    problem = None
+    if not isinstance(kind, str) or not KIND_PATTERN.fullmatch(kind):
+        problem = f"kind {kind!r} is not a kind name"
+    elif kind in retention.PROTECTED_KINDS:
+        problem = f"{kind} records are never cut"
+    elif not isinstance(recorded_at, datetime):
+        problem = f"recorded_at is {recorded_at!r}, not a time"
+    elif subject is not None or ref is not None:
+        problem = "subject and ref must be null once the content is cut"
+    elif not isinstance(digest, bytes | bytearray | memoryview) or len(bytes(digest)) != 32:
+        problem = "hash is not 32 bytes"
+    if problem is not None:
+        raise _Bad(seq, f"record {seq}: content removed, but {problem} (edited?)")
+    _check_link(seq, prev_hash, prev)
+    return bytes(digest)
+
+
+def _read_cut(row: tuple[Any, ...]) -> retention.Cut:
+    """The cut record of a row that _verify_row accepted."""
+    seq, record = row[0], row[5]
+    data = record.encode("utf-8") if isinstance(record, str) else bytes(record)
+    try:
+        return retention.read_cut(seq, parse_envelope(data)["body"])
+    except ValueError as exc:
+        raise _Bad(seq, f"record {seq}: a retention record, but {exc}") from None
+
+
+def _verify_row(row: tuple[Any, ...], expected: int, prev: bytes) -> bytes:
+    if len(row) != len(COLUMNS):
+        raise _Bad(expected, f"record {expected}: row has {len(row)} columns, expected 8")
+    seq, kind, recorded_at, subject, ref, record, prev_hash, digest = row
+    _check_seq(seq, expected)
     data = record.encode("utf-8") if isinstance(record, str) else bytes(record)
     fields = _parse(seq, data)
     mismatches = [
@@ -241,9 +304,7 @@ def _verify_row(row: tuple[Any, ...], expected: int, prev: bytes) -> bytes:
         )
     if mismatches:
         raise _Bad(seq, f"record {seq}: {'; '.join(mismatches)} (projection edited?)")
-    if bytes(prev_hash) != prev:
-        link = "is not the genesis value" if seq == 0 else f"does not link to record {seq - 1}"
-        raise _Bad(seq, f"record {seq}: prev_hash {link} (deleted, inserted or reordered record?)")
+    _check_link(seq, prev_hash, prev)
     if bytes(digest) != chain_hash(prev, data):
         raise _Bad(seq, f"record {seq}: hash does not match its contents (edited?)")
     return bytes(digest)
@@ -568,6 +629,13 @@ def _flags(
         seq = seq.fill_null(-1)
     flagged = seq.to_numpy() != np.arange(count, count + n)
     flagged |= ~batch.column(8).fill_null(False).to_numpy(zero_copy_only=False)
+    # Cut records go to the reference, which reads their bodies (cut rows are flagged
+    # above: the empty record has neither the envelope nor the hash).
+    flagged |= (
+        pc.equal(batch.column(1), retention.CUT_KIND)
+        .fill_null(False)
+        .to_numpy(zero_copy_only=False)
+    )
     if prevs[0] != prev or prevs[1:] != hashes[:-1]:
         links = zip(prevs, [prev, *hashes[:-1]], strict=True)
         flagged |= np.array([mine != link for mine, link in links])
