@@ -148,7 +148,7 @@ FROM (
                     "p_accept": "DOUBLE", "expected_value_minor": "DOUBLE",
                     "firing_rule": {"id": "VARCHAR"}}}}').body AS body
   FROM audit_records
-  WHERE kind = 'decision'
+  WHERE kind = 'decision' AND record <> ''  -- '': past its retention (cut)
 );""",
 )
 
@@ -175,7 +175,7 @@ FROM (
            "decline_reason": "VARCHAR", "has_note": "BOOLEAN", "agent_id": "VARCHAR",
            "occurred_at": "TIMESTAMP"}}').body AS body
   FROM audit_records
-  WHERE kind = 'outcome'
+  WHERE kind = 'outcome' AND record <> ''  -- '': past its retention (cut)
 );""",
 )
 
@@ -202,7 +202,7 @@ FROM (
            "amount_minor": "BIGINT", "currency": "VARCHAR", "occurred_at": "TIMESTAMP",
            "holdout_bucket": "DOUBLE"}}').body AS body
   FROM audit_records
-  WHERE kind = 'conversion'
+  WHERE kind = 'conversion' AND record <> ''  -- '': past its retention (cut)
 );""",
 )
 
@@ -224,7 +224,7 @@ FROM (
            "marketing_consent": "BOOLEAN", "source": "VARCHAR",
            "observed_at": "TIMESTAMP"}}').body AS body
   FROM audit_records
-  WHERE kind = 'consent'
+  WHERE kind = 'consent' AND record <> ''  -- '': past its retention (cut)
 );""",
 )
 
@@ -403,7 +403,36 @@ SELECT seq,
        json_extract(record, '$.body.arguments') AS arguments,
        json_extract(record, '$.body.rows')::BIGINT AS rows
 FROM audit_records
-WHERE kind = 'audit_access';""",
+WHERE kind = 'audit_access' AND record <> '';""",
+)
+
+_RETENTION_CUTS = View(
+    "retention_cuts",
+    "Every retention cut: when, who asked, the periods and cutoffs, and how many records of "
+    "each kind lost their content (docs/compliance.md#retention).",
+    "One row per retention record; none while audit.retention_days is empty. `audit verify` "
+    "checks each cut against the rows it emptied.",
+    """\
+CREATE OR REPLACE TEMP VIEW retention_cuts AS
+SELECT seq,
+       recorded_at,
+       body.cut_at AS cut_at,
+       body.requested_by AS requested_by,
+       body.retention_days AS retention_days,
+       body.cutoffs AS cutoffs,
+       body."count" AS records_cut,
+       body.count_by_kind AS count_by_kind,
+       body.first_seq AS first_seq,
+       body.last_seq AS last_seq
+FROM (
+  SELECT seq, recorded_at,
+         json_transform(record, '{"body": {
+           "cut_at": "TIMESTAMP", "requested_by": "VARCHAR", "retention_days": "JSON",
+           "cutoffs": "JSON", "count": "BIGINT", "count_by_kind": "JSON",
+           "first_seq": "BIGINT", "last_seq": "BIGINT"}}').body AS body
+  FROM audit_records
+  WHERE kind = 'retention'
+);""",
 )
 
 #: every named view, in creation order (a view only reads those before it)
@@ -420,6 +449,7 @@ VIEWS: tuple[View, ...] = (
     _DECLINES_BY_REASON,
     _DISCOUNTS_GIVEN,
     _AUDIT_ACCESS,
+    _RETENTION_CUTS,
 )
 _BY_NAME = {view.name: view for view in VIEWS}
 #: views whose answer depends on the contact caps given to install_views

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,17 +236,22 @@ def _time(request: Any, name: str) -> datetime | None:
 
 
 class AuditAdminServicer(apb_grpc.AuditAdminServicer):
-    """Erasure through the running service: the same code as the offline command."""
+    """Erasure and retention cuts through the running service: the offline commands' code."""
 
     def __init__(
         self,
         desk: Desk,
         admin_token: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        retention_days: Mapping[str, int] | None = None,
+        seal: Callable[[], object] | None = None,
     ) -> None:
         self.desk = desk
         self.token = admin_token
         self.clock = clock
+        self.retention_days = dict(retention_days or {})
+        self.seal = seal  # signs a checkpoint right after a cut
 
     def Erase(self, request: apb.EraseRequest, context: grpc.ServicerContext) -> Any:
         with grpc_errors(context):
@@ -255,4 +260,17 @@ class AuditAdminServicer(apb_grpc.AuditAdminServicer):
             return apb.JsonResult(
                 json=json.dumps(result.to_json(), sort_keys=True),
                 audit_sequence=result.audit_sequence or 0,
+            )
+
+    def CutRetention(self, request: apb.CutRetentionRequest, context: grpc.ServicerContext) -> Any:
+        with grpc_errors(context):
+            authenticate(context, self.token, "audit.admin_token")
+            summary = self.desk.cut(
+                self.retention_days, request.requested_by, self.clock(), dry_run=request.dry_run
+            )
+            if not summary.dry_run and self.seal is not None:
+                self.seal()
+            return apb.JsonResult(
+                json=json.dumps(summary.to_json(), sort_keys=True),
+                audit_sequence=summary.audit_sequence or 0,
             )

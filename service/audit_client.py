@@ -18,6 +18,8 @@ from service.settings import Settings
 
 #: generous: Export of a large log writes Parquet before it answers
 _TIMEOUT_SECONDS = 300.0
+#: the methods of the AuditAdmin service (the admin token); every other is Audit's
+ADMIN_METHODS = frozenset(apb.DESCRIPTOR.services_by_name["AuditAdmin"].methods_by_name)
 
 
 class AuditApiError(OfferDeskError):
@@ -29,9 +31,9 @@ class AuditApiError(OfferDeskError):
 
 
 def call(settings: Settings, method: str, request: Any) -> tuple[Any, int]:
-    """Call one Audit (or, for Erase, AuditAdmin) method on the service at settings.listen;
-    return (document, audit seq of the call's record)."""
-    admin = method == "Erase"
+    """Call one Audit (or AuditAdmin) method on the service at settings.listen; return
+    (document, audit seq of the call's record)."""
+    admin = method in ADMIN_METHODS
     token = (settings.audit_admin_token() if admin else settings.audit_api_token()).decode()
     with grpc.insecure_channel(settings.listen) as channel:
         stub: Any = apb_grpc.AuditAdminStub(channel) if admin else apb_grpc.AuditStub(channel)

@@ -359,10 +359,120 @@ class _ReadOnlyLog:
             f"{_SELECT} WHERE kind = 'decision' AND ref = ? ORDER BY seq LIMIT 1", [decision_id]
         ).fetchone()
         if row is None:
-            err.print(f"[red]decision_id: no decision {decision_id} in the log[/red]")
+            err.print(
+                f"[red]decision_id: no decision {decision_id} in the log[/red] (or it is past "
+                "its retention period: `audit query retention_cuts`)"
+            )
             raise typer.Exit(1)
         return _stored(row)
 
 
 def _read_only(settings: Settings) -> _ReadOnlyLog:
     return _ReadOnlyLog(settings.audit_path)
+
+
+@audit_app.command("cut")
+def audit_cut(
+    requested_by: Annotated[
+        str,
+        typer.Option("--requested-by", help="Operator id of who asked (no name, no email)."),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what is due per kind; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Apply the retention periods in settings (audit.retention_days) now: chain a
+    `retention` record and remove the content of every record past its kind's period (its
+    place in the chain stays, so every proof and checkpoint still verifies), then seal."""
+    from offerdesk.v1 import audit_pb2 as apb
+
+    from audit.checkpointer import Checkpointer
+    from audit.store import AuditStore
+    from service import retention
+    from service.errors import CatalogError, ModelError, OfferDeskError
+    from service.registry import Registry
+    from service.server import _publishers
+
+    settings = _settings(config, data_dir)
+    days = settings.audit.retention_days
+    if not days:
+        err.print(
+            "[yellow]audit.retention_days is empty[/yellow]: every record is kept, so there is "
+            "nothing to cut (docs/compliance.md#retention)"
+        )
+        raise typer.Exit(2)
+    if not settings.audit_path.exists():
+        err.print(f"[red]✗[/red] {settings.audit_path}: no such file (--data-dir?)")
+        raise typer.Exit(2)
+    periods = ", ".join(f"{kind} {n} days" for kind, n in sorted(days.items()))
+    if (
+        not dry_run
+        and not yes
+        and not typer.confirm(
+            f"Remove the content of records older than their retention ({periods})? "
+            "This cannot be undone.",
+            err=True,
+        )
+    ):
+        err.print("nothing was changed")
+        raise typer.Exit(1)
+    try:
+        store = AuditStore.open(settings.audit_path)
+    except AuditLocked:
+        request = apb.CutRetentionRequest(requested_by=requested_by, dry_run=dry_run)
+        _show_cut(live(settings, "CutRetention", request), periods, as_json)
+        return
+    except AuditError as e:
+        err.print(f"[red]✗[/red] {settings.audit_path}: {e}")
+        raise typer.Exit(2) from None
+    try:
+        contact = None
+        try:  # the catalog only: decisions and outcomes must outlive its contact windows
+            registry = Registry(settings.registry_dir)
+            contact = registry.load_catalog(registry.active().catalog).policy.contact
+        except (ModelError, CatalogError):
+            pass
+        checkpointer = None
+        if not dry_run:  # seals what is unsealed now, and the cut record on close
+            checkpointer = Checkpointer.start(
+                store,
+                _keys(settings),
+                settings.checkpoint_path,
+                _publishers(settings),
+                every_records=10**9,
+                every_seconds=10**9,
+            )
+        try:
+            summary = retention.cut(
+                store, days, requested_by, datetime.now(UTC), contact, dry_run=dry_run
+            )
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+    except OfferDeskError as e:
+        err.print(f"[red]✗[/red] {e}; nothing was changed")
+        raise typer.Exit(2) from None
+    except AuditError as e:
+        err.print(f"[red]✗[/red] retention cut failed: {e}; nothing was cut")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    _show_cut(summary.to_json(), periods, as_json)
+
+
+def _show_cut(result: dict[str, Any], periods: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in result["count_by_kind"].items())
+    if result["dry_run"]:
+        console.print(f"due now under {periods}: {result['count']:,} records ({kinds})")
+        return
+    console.print(
+        f"[green]✓[/green] cut {result['count']:,} records ({kinds}); `retention` record at seq "
+        f"{result['audit_sequence']}, sealed by a new checkpoint"
+    )

@@ -21,7 +21,7 @@ from typing import Any
 from audit.records import NewRecord, StoredRecord, decode_time, encode_time, keyed_hash
 from audit.store import AuditStore
 from audit.vault import Vault
-from service import erasure, policy
+from service import erasure, policy, retention
 from service.arbitration import holdout_bucket, seed_from
 from service.catalog import Catalog
 from service.decide import DecisionInputs, decide
@@ -101,8 +101,10 @@ class Desk:
         n = 0
         erasures: list[StoredRecord] = []
         for r in self.store.scan():
-            self._fold(Committed.read(r))
             n += 1
+            if r.cut:  # past its retention: nothing of it is read back (audit.retention)
+                continue
+            self._fold(Committed.read(r))
             if r.kind == "erasure":
                 erasures.append(r)
         log.info("rebuilt state from %d audit records", n)
@@ -397,6 +399,40 @@ class Desk:
                     self.contacts.forget(result.pseudonym)
                 return result
 
+    # -- Retention (the periodic job and the admin API; `offerdesk audit cut` offline) --------
+    def cut(
+        self,
+        retention_days: Mapping[str, int],
+        requested_by: str,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+    ) -> retention.CutSummary:
+        """Apply the retention periods (service.retention.cut) and forget what was cut.
+
+        A cut decision or outcome is gone from the indexes: GetDecision and RecordOutcome
+        answer NOT_FOUND for it, and its request key makes a new decision. The contact book
+        needs nothing: retention is longer than anything it reads back.
+        """
+        dep = self._deployment
+        contact = None if dep is None else dep.catalog.policy.contact
+        summary = retention.cut(
+            self.store, retention_days, requested_by, now, contact, dry_run=dry_run
+        )
+        if summary.cut_seqs:
+            gone = summary.cut_seqs
+            with self._index_lock:
+                dropped = {d for d, e in self._decisions.items() if e.seq in gone}
+                for did in dropped:
+                    del self._decisions[did]
+                for key, did in list(self._by_key.items()):
+                    if did in dropped:
+                        del self._by_key[key]
+                for did, seq in list(self._outcomes.items()):
+                    if seq in gone or did in dropped:
+                        del self._outcomes[did]
+        return summary
+
     # -- GetDecision and friends -----------------------------------------------------------
     def find_decision(
         self, *, decision_id: str | None = None, request_key: str | None = None
@@ -450,6 +486,8 @@ class Desk:
         r = self.store.get(seq)
         if r is None:  # pragma: no cover - the index only holds committed records
             raise Unavailable(f"audit record {seq} missing")
+        if r.cut:  # cut a moment ago, before Desk.cut dropped it from the indexes
+            raise NotFound(f"audit record {seq} is past its retention period (content cut)")
         return r
 
 

@@ -71,6 +71,11 @@ def check_request(customer_id: str, requested_by: str) -> None:
         raise InvalidArgument(
             "customer_id", f"must be 1-{_CUSTOMER_ID_MAX_CHARS} printable characters"
         )
+    check_operator(requested_by)
+
+
+def check_operator(requested_by: str) -> None:
+    """An operator id (who asked for an erasure or a retention cut): no names, no emails."""
     if not isinstance(requested_by, str) or not requested_by:
         raise InvalidArgument("requested_by", "required")
     if "@" in requested_by:
@@ -203,6 +208,7 @@ def _paused_until(contact: ContactPolicySpec | None, erased_at: datetime) -> dat
 __all__ = [
     "ERASED_DOMAIN",
     "ErasureResult",
+    "check_operator",
     "check_request",
     "customer_hash",
     "erase",

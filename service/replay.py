@@ -407,7 +407,8 @@ class DecisionLog:
                 raise AuditError(f"{path} is not a {'Parquet' if parquet else 'DuckDB'} file")
         if limit is not None and limit < 1:
             raise ValueError("limit must be at least 1")
-        where, params = ["kind = 'decision'"], []
+        # A decision past its retention (cut, audit.retention) has nothing left to replay.
+        where, params = ["kind = 'decision'", "record <> ''"], []
         for op, bound in ((">=", since), ("<", until)):
             if bound is not None:
                 if bound.tzinfo is None:

@@ -61,6 +61,8 @@ from service.settings import DirectoryPublication, GitPublication, Settings
 log = logging.getLogger("offerdesk")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
 AUDIT_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Audit"].full_name
+#: who the periodic retention cut is recorded as requested by
+RETENTION_OPERATOR = "offerdesk-service"
 T = TypeVar("T")
 
 _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -328,7 +330,15 @@ def start(settings: Settings) -> Running:
         token,
     )
     apb_grpc.add_AuditServicer_to_server(AuditServicer(audit_context), server)
-    apb_grpc.add_AuditAdminServicer_to_server(AuditAdminServicer(desk, admin_token), server)
+    apb_grpc.add_AuditAdminServicer_to_server(
+        AuditAdminServicer(
+            desk,
+            admin_token,
+            retention_days=settings.audit.retention_days,
+            seal=checkpointer.seal,
+        ),
+        server,
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -434,12 +444,17 @@ def _refusing_handler(message: str) -> grpc.GenericRpcHandler:
 
 
 def _background(running: Running, settings: Settings, registry: Registry) -> None:
-    """Polls for a new active model/catalog and refreshes profiles, until stopped."""
+    """Polls for a new active model/catalog, refreshes profiles and applies the retention
+    periods (first soon after start, then every audit.retention_every_hours), until stopped."""
     stamp = registry.active_stamp()
     next_refresh = settings.profile_refresh_seconds
+    next_cut = 0.0 if settings.audit.retention_days else float("inf")
     waited = 0.0
     while not running._stop.wait(settings.reload_poll_seconds):
         waited += settings.reload_poll_seconds
+        if waited >= next_cut:
+            next_cut = waited + settings.audit.retention_every_hours * 3600
+            _cut_retention(running, settings)
         new_stamp = registry.active_stamp()
         if new_stamp != stamp:
             stamp = new_stamp
@@ -453,6 +468,27 @@ def _background(running: Running, settings: Settings, registry: Registry) -> Non
                 running.desk.refresh_profiles()
             except Exception as e:
                 log.error("profile refresh failed, keeping the previous copy: %s", e)
+
+
+def _cut_retention(running: Running, settings: Settings) -> None:
+    """The periodic retention cut, then a checkpoint that seals its record at once."""
+    try:
+        summary = running.desk.cut(
+            settings.audit.retention_days, RETENTION_OPERATOR, datetime.now(UTC)
+        )
+    except Exception as e:  # a refused period or a write error: say so, keep serving
+        log.error("retention cut not applied: %s", e)
+        return
+    if running.checkpointer is not None:
+        try:
+            running.checkpointer.seal()
+        except Exception as e:  # the checkpointer's own thread seals it later
+            log.error("could not seal right after the retention cut: %s", e)
+    log.info(
+        "retention cut: %d records past their retention period, `retention` record at seq %s",
+        summary.count,
+        summary.audit_sequence,
+    )
 
 
 def serve(settings: Settings) -> None:

@@ -91,9 +91,28 @@ class AuditSettings(BaseModel):
     #: bearer token of the read-only audit API (hex or any 32+ characters); when unset it is
     #: read from (or created in) data_dir/secrets/audit-api.token
     api_token: SecretStr | None = None
-    #: bearer token of the audit admin API (erasure); when unset it is read from (or created
-    #: in) data_dir/secrets/audit-admin.token. Never the same as api_token.
+    #: bearer token of the audit admin API (erasure, retention cuts); when unset it is read
+    #: from (or created in) data_dir/secrets/audit-admin.token. Never the same as api_token.
     admin_token: SecretStr | None = None
+    #: days each kind of record is kept before a retention cut removes its content (its
+    #: place in the chain stays); a kind not listed is kept for good (the default: all).
+    #: deployment, erasure, consent and retention records are never cut; decision and
+    #: outcome must outlive the contact policy's longest window (checked at each cut).
+    #: See docs/compliance.md#retention.
+    retention_days: dict[str, int] = Field(default_factory=dict)
+    #: how often the running service applies retention_days (when any is set)
+    retention_every_hours: float = Field(default=24.0, gt=0)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, v: dict[str, int]) -> dict[str, int]:
+        from audit.records import check_kind
+        from audit.retention import check_days
+
+        for kind in v:
+            check_kind(kind)
+        check_days(v)
+        return v
 
 
 class Settings(BaseSettings):
