@@ -168,7 +168,9 @@ class _Walk:
 
     def report(self) -> VerifyReport:
         # A walk from a trusted point (audit.recovery) has not seen the rows before it.
-        if self.first == 0 and (problem := retention.check(self.cut_rows, self.cuts)):
+        if self.first == 0 and (
+            problem := retention.check(sorted(self.cut_rows, key=_by_seq), self.cuts)
+        ):
             return self._report(_Bad(*problem))
         if self.matched < len(self.checkpoints):
             checkpoint = self.checkpoints[self.matched]
@@ -197,6 +199,10 @@ class _Walk:
             self.sealed,
             bad.checkpoint,
         )
+
+
+def _by_seq(row: retention.CutRow) -> int:
+    return row.seq
 
 
 def _when(checkpoint: Checkpoint) -> str:
@@ -538,6 +544,7 @@ class _Held:
     row: tuple[Any, ...]
     digest: bytes | None
     flagged: bool
+    cut: retention.CutRow | None  # a cut row the checks passed
 
 
 class _Rows:
@@ -562,17 +569,21 @@ class _Rows:
         prevs = batch.column(6).to_pylist()
         chained = _chain_hashes(prevs, batch.column(5))
         if held is None:
-            flagged = _flags(batch, walk.count, walk.prev, prevs, hashes, chained)
+            flagged, cut = _flags(batch, walk.count, walk.prev, prevs, hashes, chained)
         else:
-            flagged = _flags(batch, walk.count + 1, held.digest, prevs, hashes, chained)
+            flagged, cut = _flags(batch, walk.count + 1, held.digest, prevs, hashes, chained)
             self._settle(held, followed_by_flagged=bool(flagged[0]))
+        to_reference = flagged[:-1] | flagged[1:]
+        # Cut rows the checks passed, but for those the reference takes (it notes them).
+        walk.cut_rows += _cut_rows(batch, np.flatnonzero(cut[:-1] & ~to_reference))
         start = 0
-        for i in np.flatnonzero(flagged[:-1] | flagged[1:]).tolist():
+        for i in np.flatnonzero(to_reference).tolist():
             walk.trusted(hashes[start:i])
             walk.row(_row(batch, i))
             start = i + 1
         walk.trusted(hashes[start : n - 1])
-        self.held = _Held(_row(batch, n - 1), hashes[n - 1], bool(flagged[n - 1]))
+        last = _cut_rows(batch, np.array([n - 1])) if cut[n - 1] else [None]
+        self.held = _Held(_row(batch, n - 1), hashes[n - 1], bool(flagged[n - 1]), last[0])
 
     def finish(self) -> None:
         # The last row has no successor whose link would expose it edited and re-hashed,
@@ -585,7 +596,46 @@ class _Rows:
         if held.flagged or followed_by_flagged or held.digest is None:
             self.walk.row(held.row)
         else:
+            if held.cut is not None:
+                self.walk.cut_rows.append(held.cut)
             self.walk.trusted([held.digest])
+
+
+def _cut_rows(batch: pa.RecordBatch, where: np.ndarray[Any, Any]) -> list[retention.CutRow]:
+    """The cut rows at positions ``where`` of the batch, as audit.retention reads them."""
+    if not len(where):
+        return []
+    index = pa.array(where, type=pa.int64())
+    seqs, kinds, times, digests = (batch.column(i).take(index).to_pylist() for i in (0, 1, 2, 7))
+    return [
+        retention.CutRow(seq, kind, at.replace(tzinfo=UTC), digest)
+        for seq, kind, at, digest in zip(seqs, kinds, times, digests, strict=True)
+    ]
+
+
+_KIND_REGEX = "^[a-z_]{1,32}$"  # audit.records.KIND_PATTERN, anchored
+
+
+def _cut_shape(batch: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Rows that are cut rows of the right shape (_verify_cut_row's checks on the columns)."""
+    is_cut = pc.equal(batch.column(5), retention.CUT_RECORD).fill_null(False)
+    if not pc.any(is_cut).as_py():
+        return np.zeros(batch.num_rows, dtype=bool)
+    kind = batch.column(1)
+    ok = pc.and_(
+        pc.and_(is_cut, pc.and_(pc.is_null(batch.column(3)), pc.is_null(batch.column(4)))),
+        pc.and_(
+            pc.and_(
+                pc.match_substring_regex(kind, _KIND_REGEX),
+                pc.invert(pc.is_in(kind, pa.array(sorted(retention.PROTECTED_KINDS)))),
+            ),
+            pc.and_(
+                pc.equal(pc.binary_length(batch.column(7)), 32),
+                pc.is_valid(batch.column(2)),
+            ),
+        ),
+    )
+    return np.asarray(ok.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _row(batch: pa.RecordBatch, i: int) -> tuple[Any, ...]:
@@ -616,21 +666,23 @@ def _flags(
     prevs: list[bytes | None],
     hashes: list[bytes | None],
     chained: list[bytes],
-) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    """Which rows of the batch the checks flag, after ``count`` rows ending in ``prev``.
+) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], np.ndarray[Any, np.dtype[np.bool_]]]:
+    """Which rows of the batch the checks flag, after ``count`` rows ending in ``prev``; and
+    which are cut rows that pass the checks a cut row can have.
 
     A row that is not flagged is one the reference accepts (but for the canonical form)
     after the rows before it, once those are accepted: seq is its position, prev_hash
-    links, hash is the chain hash of its bytes and the envelope agrees with the columns.
+    links, and either hash is the chain hash of its bytes and the envelope agrees with the
+    columns, or it is a cut row of the right shape (the cut records check it at the end).
     """
     n = batch.num_rows
     seq = batch.column(0)
     if seq.null_count:
         seq = seq.fill_null(-1)
-    flagged = seq.to_numpy() != np.arange(count, count + n)
+    placed = seq.to_numpy() == np.arange(count, count + n)
+    flagged = ~placed
     flagged |= ~batch.column(8).fill_null(False).to_numpy(zero_copy_only=False)
-    # Cut records go to the reference, which reads their bodies (cut rows are flagged
-    # above: the empty record has neither the envelope nor the hash).
+    # Cut records go to the reference, which reads their bodies.
     flagged |= (
         pc.equal(batch.column(1), retention.CUT_KIND)
         .fill_null(False)
@@ -638,10 +690,14 @@ def _flags(
     )
     if prevs[0] != prev or prevs[1:] != hashes[:-1]:
         links = zip(prevs, [prev, *hashes[:-1]], strict=True)
-        flagged |= np.array([mine != link for mine, link in links])
+        linked = np.array([mine == link for mine, link in links])
+        placed &= linked
+        flagged |= ~linked
     if chained != hashes:
         flagged |= np.array([mine != theirs for mine, theirs in zip(chained, hashes, strict=True)])
-    return flagged
+    # A cut row has neither the envelope nor a hash of its (empty) bytes: flagged above.
+    cut = _cut_shape(batch) & placed
+    return flagged & ~cut, cut
 
 
 def _stream(con: duckdb.DuckDBPyConnection, source: str, path: Path) -> Iterator[tuple[Any, ...]]:
