@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
 
@@ -134,6 +134,9 @@ class CutRequest:
     retention_days: Mapping[str, int]
     requested_by: str
     now: datetime
+    #: write the emptied rows into the file right after (DuckDB CHECKPOINT); a cut made in
+    #: steps sets it on the last one only
+    checkpoint: bool = True
 
 
 @dataclass(slots=True)
@@ -267,6 +270,37 @@ class AuditStore:
             self._queue.append(submission)
             self._cond.notify()
         return future.result()[0], submission.cut_rows
+
+    def cut_step(self, cutoffs: Mapping[str, datetime], max_rows: int) -> datetime | None:
+        """A time before which at most about ``max_rows`` rows are due under ``cutoffs``, or
+        None when no more than that are due in all: where to split a large cut.
+
+        Any cutoffs no later than the given ones make a valid cut (each cut record cuts all
+        it covers), so this only sizes the steps. Rows sharing one time are never split.
+        """
+        if max_rows < 1:
+            raise ValueError("max_rows must be at least 1")
+        where, params = _cut_filter(cutoffs)
+        cursor = self._cursor()
+        try:
+            rows = cursor.execute(
+                f"SELECT recorded_at FROM {TABLE} WHERE {where} "
+                f"ORDER BY recorded_at LIMIT 1 OFFSET {int(max_rows)}",
+                params,
+            ).fetchall()
+            if not rows:
+                return None
+            (earliest,) = cursor.execute(
+                f"SELECT min(recorded_at) FROM {TABLE} WHERE {where}", params
+            ).fetchone() or (None,)
+        except duckdb.Error as exc:
+            raise AuditError(f"audit query failed: {exc}") from exc
+        finally:
+            cursor.close()
+        step = rows[0][0]
+        if earliest is not None and step <= earliest:  # more than max_rows at one time
+            step = earliest + timedelta(microseconds=1)
+        return cast(datetime, step).replace(tzinfo=UTC)
 
     def due(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
         """How many rows a cut with these cutoffs would cut now, per kind (nothing written)."""
@@ -465,13 +499,15 @@ class AuditStore:
         )
         submission.cut_rows = cut_rows
         submission.future.set_result([stored])
-        if cut_rows:
-            # Write the emptied rows into the file now rather than at some later commit;
-            # a failure here is the store's to recover from (the cut itself is durable).
+        if request.checkpoint:
+            # Write the emptied rows into the file now rather than at some later commit (an
+            # automatic checkpoint would then stall that commit instead). The cut itself is
+            # durable already: a refused CHECKPOINT is left to DuckDB's automatic one, and if
+            # it broke the database, the next commit fails and the store recovers as usual.
             try:
                 self._con.execute("CHECKPOINT")
             except Exception as exc:
-                self._break("the database checkpoint after a retention cut failed", exc)
+                log.warning("audit log %s: CHECKPOINT after a retention cut: %s", self._path, exc)
 
     def _write(
         self, rows: list[tuple[Any, ...]], first: int, *, also: Callable[[], None] | None = None

@@ -7,6 +7,8 @@ records and waiting for each to be durable (as Decide does):
   first cut   decisions and outcomes older than --days (a backlog: about 365 - days days)
   daily cut   the same a day later (what the periodic job does each day)
   empty cut   again at once: nothing due, the scan alone
+Cuts go through service.retention.cut (steps of STEP_ROWS rows), or with --one-step
+straight to the store in one transaction.
 and prints each cut's time, the time until the writer is free again (the cut, then DuckDB's
 CHECKPOINT that follows a cut which emptied rows), the rows it cut, and the writer's append
 latency p50 / max meanwhile (max = how long writers stalled). Then verifies the cut log against its
@@ -32,6 +34,9 @@ from audit.checkpoint import CheckpointLog, KeyRing
 from audit.records import NewRecord
 from audit.store import AuditStore, CutRequest
 from audit.verify import verify_file
+from service import retention as service_retention
+from service.catalog import load_catalog
+from service.cli import EXAMPLE_CATALOG
 
 BODY = {"decision_id": "d_" + "0" * 24, "outcome": "declined", "payload": "x" * 900}
 
@@ -69,6 +74,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=335)
     parser.add_argument("--dir", type=Path, default=Path("var/bench"))
+    parser.add_argument("--step-rows", type=int, default=service_retention.STEP_ROWS)
+    parser.add_argument(
+        "--one-step", action="store_true", help="one transaction per cut (no steps)"
+    )
     args = parser.parse_args()
     source = args.dir / f"log-{args.records}.duckdb"
     checkpoints_path = source.with_name(source.stem + ".checkpoints.jsonl")
@@ -92,6 +101,7 @@ def main() -> None:
     writer.thread.start()
     time.sleep(1.0)
     periods = {"decision": args.days, "outcome": args.days}
+    contact = load_catalog(EXAMPLE_CATALOG).policy.contact
     print(f"log of {uncut.count:,} records; periods {periods}")
     print(
         f"{'cut':>10} {'cut s':>8} {'+ckpt s':>11} {'rows cut':>9} {'writer p50 ms':>14} "
@@ -100,7 +110,13 @@ def main() -> None:
     for name, at in (("first", now), ("daily", now + timedelta(days=1)), ("empty", None)):
         at = at or now + timedelta(days=1, seconds=1)
         begin = time.perf_counter()
-        _, cut = store.cut(CutRequest(retention.cutoffs(periods, at), periods, "bench", at))
+        if args.one_step:
+            request = CutRequest(retention.cutoffs(periods, at), periods, "bench", at)
+            cut = len(store.cut(request)[1])
+        else:
+            cut = service_retention.cut(
+                store, periods, "bench", at, contact, step_rows=args.step_rows
+            ).count
         end = time.perf_counter()
         # The writer thread runs DuckDB's CHECKPOINT after a cut that emptied rows: an append
         # queued now returns once that is done too.
@@ -111,7 +127,7 @@ def main() -> None:
         p50 = statistics.median(seen) * 1e3 if seen else float("nan")
         worst = max(seen) * 1e3 if seen else float("nan")
         print(
-            f"{name:>10} {end - begin:>8.2f} {free - begin:>11.2f} {len(cut):>9,} "
+            f"{name:>10} {end - begin:>8.2f} {free - begin:>11.2f} {cut:>9,} "
             f"{p50:>14.1f} {worst:>14.1f}"
         )
     writer.stop.set()

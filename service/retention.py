@@ -22,6 +22,11 @@ from service.catalog import ContactPolicySpec
 from service.erasure import check_operator
 from service.errors import FailedPrecondition, InvalidArgument
 
+#: rows per cut step. Measured on a 1M-record log cutting a 684k-row backlog, with a writer
+#: appending meanwhile: in one transaction, writers stalled 10.4 s; in steps of 50k, 31 s in
+#: all and stalls up to 3.6 s; of 10k, 94 s and up to 5.1 s (DuckDB's checkpoints of the
+#: emptied rows dominate). A daily cut is one step.
+STEP_ROWS = 50_000
 #: the kinds decide() reads back through the contact book (offers shown, their outcomes)
 _READ_BACK = ("decision", "outcome")
 
@@ -80,8 +85,11 @@ def cut(
     contact: ContactPolicySpec | None,
     *,
     dry_run: bool = False,
+    step_rows: int = STEP_ROWS,
 ) -> CutSummary:
-    """Cut (or, ``dry_run``, count) what the retention periods say is due at ``now``."""
+    """Cut (or, ``dry_run``, count) what the retention periods say is due at ``now``.
+
+    ``audit_sequence`` of the answer is the last cut record's (a backlog is cut in steps)."""
     check_operator(requested_by)
     if not retention_days:
         raise FailedPrecondition(
@@ -91,15 +99,22 @@ def cut(
     cutoffs = retention.cutoffs(retention_days, now)
     if dry_run:
         return CutSummary(True, now, cutoffs, store.due(cutoffs), None)
-    stored, rows = store.cut(CutRequest(cutoffs, dict(retention_days), requested_by, now))
-    return CutSummary(
-        False,
-        now,
-        cutoffs,
-        stored.body["count_by_kind"],
-        stored.seq,
-        frozenset(row.seq for row in rows),
-    )
+    # In steps of at most ~step_rows records, oldest first, each its own transaction and
+    # cut record, so that a backlog (the first cut of an old log) holds the writer less.
+    counts: dict[str, int] = dict.fromkeys(cutoffs, 0)
+    seqs: set[int] = set()
+    while True:
+        step = store.cut_step(cutoffs, step_rows)
+        last = step is None
+        these = cutoffs if step is None else {k: min(at, step) for k, at in cutoffs.items()}
+        stored, rows = store.cut(
+            CutRequest(these, dict(retention_days), requested_by, now, checkpoint=last)
+        )
+        for kind, n in stored.body["count_by_kind"].items():
+            counts[kind] += n
+        seqs.update(row.seq for row in rows)
+        if last:
+            return CutSummary(False, now, cutoffs, counts, stored.seq, frozenset(seqs))
 
 
 __all__ = ["CutSummary", "check_policy", "cut"]

@@ -227,3 +227,45 @@ def test_cli_cut_offline_dry_run_then_cut_and_seal(settings: Settings, tmp_path:
     out = cli("audit", "cut", "--requested-by", "dpo-1", "--yes", *common)
     assert out.returncode != 0 and "retention_days.consent" in out.stderr
     assert verify_file(settings.audit_path).count == size + 1
+
+
+def test_a_backlog_is_cut_in_steps_that_empty_the_same_rows_as_one_cut(tmp_path: Path) -> None:
+    from audit import retention as audit_retention
+    from audit.records import NewRecord
+    from audit.store import AuditStore
+    from service import retention
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    kinds = ("conversion", "audit_access", "deployment")
+    records = [
+        NewRecord(kinds[n % 3], t0 + timedelta(hours=20 * n), None, None, {"n": n})
+        for n in range(150)
+    ]
+    periods = {"conversion": 30, "audit_access": 10}
+    now = t0 + timedelta(days=130)
+    emptied = []
+    for name, step_rows in (("one", 10**6), ("steps", 7)):
+        path = tmp_path / f"{name}.duckdb"
+        with AuditStore.open(path) as store:
+            store.append(records)
+            due = store.due(audit_retention.cutoffs(periods, now))
+            summary = retention.cut(store, periods, "dpo-1", now, None, step_rows=step_rows)
+            assert summary.count_by_kind == due and summary.count == len(summary.cut_seqs) > 0
+            assert store.due(audit_retention.cutoffs(periods, now)) == dict.fromkeys(periods, 0)
+        with duckdb.connect(str(path), read_only=True) as con:
+            cuts = con.execute(
+                "SELECT seq, json_extract(record, '$.body.count')::INT FROM audit_records "
+                "WHERE kind = 'retention' ORDER BY seq"
+            ).fetchall()
+            emptied.append(
+                con.execute(
+                    "SELECT seq FROM audit_records WHERE record = '' ORDER BY seq"
+                ).fetchall()
+            )
+        assert summary.audit_sequence == cuts[-1][0]
+        if name == "steps":
+            assert len(cuts) >= summary.count // step_rows and max(n for _, n in cuts) <= 7
+        else:
+            assert len(cuts) == 1
+        assert verify_file(path).ok
+    assert emptied[0] == emptied[1]
