@@ -3,7 +3,10 @@
 Submissions are grouped: the writer takes everything waiting, chains it from the committed
 head and commits it in one transaction (one WAL fsync), and only then resolves the futures.
 It must never acknowledge a record that COMMIT has not returned for, never extend a head it
-is unsure of, and never run DDL beyond the initial CREATE TABLE (no indexes, no keys). When it
+is unsure of, and never run DDL beyond the initial CREATE TABLE (no indexes, no keys). Rows
+are only ever appended, with one exception: a retention cut (``cut``) empties the content of
+rows past their retention period, in the transaction that appends its chained cut record
+(audit.retention). When it
 can no longer tell what is committed it reopens the file and re-reads the head (in-process
 recovery, audit.recovery); it never deletes a WAL.
 """
@@ -491,7 +494,7 @@ class AuditStore:
         self._tree_head = TreeHead(first + 1, digest, self._tree.root())
         old = self._stats
         self._stats = WriterStats(old.batches + 1, old.rows + 1, old.failed_batches, 1, elapsed)
-        log.warning(
+        log.info(
             "retention cut at seq %d: content of %d records removed (%s)",
             first,
             len(cut_rows),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,10 +38,40 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def with_periods(settings: Settings, periods: dict[str, int]) -> Settings:
+def with_periods(settings: Settings, periods: dict[str, int], poll: float = 3600.0) -> Settings:
+    """Settings with retention periods. The periodic cut runs on the background thread's
+    first tick (reload_poll_seconds after start): an hour unless the test wants it."""
     return load_settings(
-        None, data_dir=settings.data_dir, listen="127.0.0.1:0", audit={"retention_days": periods}
+        None,
+        data_dir=settings.data_dir,
+        listen="127.0.0.1:0",
+        reload_poll_seconds=poll,
+        audit={"retention_days": periods},
     )
+
+
+def test_the_running_service_applies_its_periods_by_itself_and_seals_the_cut(
+    settings: Settings,
+) -> None:
+    settings = with_periods(settings, PERIODS, poll=0.2)
+    running = start(settings)
+    try:
+        deadline = time.monotonic() + 20
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = next(iter(running.desk.store.scan(kinds=["retention"])), None)
+            time.sleep(0.1)
+        assert found is not None, "no periodic cut within 20 s"
+        assert found.body["requested_by"] == "offerdesk-service"
+        assert found.body["retention_days"] == PERIODS
+        sealed = running.checkpointer.latest  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while (sealed is None or sealed.size <= found.seq) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            sealed = running.checkpointer.latest  # type: ignore[union-attr]
+        assert sealed is not None and sealed.size > found.seq
+    finally:
+        running.stop()
 
 
 def checkpoints(settings: Settings) -> list:
