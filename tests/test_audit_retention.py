@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from test_audit_verify import rewrite
 
 from audit import retention
 from audit.checkpoint import Checkpoint, KeyRing
@@ -50,14 +51,6 @@ def rows_of(path: Path) -> list[Row]:
                 f"SELECT {', '.join(COLUMNS)} FROM audit_records ORDER BY seq"
             ).fetchall()
         ]
-    finally:
-        con.close()
-
-
-def sql(path: Path, statement: str, params: list[Any] | None = None) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        con.execute(statement, params or [])
     finally:
         con.close()
 
@@ -170,19 +163,6 @@ def test_an_inclusion_proof_of_a_cut_record_still_checks_against_an_old_checkpoi
     cut_seq = next(r[0] for r in rows if r[5] == "" and r[0] < checkpoint.size)
     proof = inclusion_proof(cut_seq, checkpoint.size, hashes)
     verify_inclusion(cut_seq, checkpoint.size, hashes[cut_seq], proof, checkpoint.root)
-
-
-def first_cut(rows: list[Row]) -> int:
-    return next(i for i, r in enumerate(rows) if r[5] == "")
-
-
-def rewrite(path: Path, rows: list[Row]) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("DELETE FROM audit_records")
-        con.executemany("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    finally:
-        con.close()
 
 
 def tampered(
