@@ -71,6 +71,32 @@ def serve(
 
 
 @app.command()
+def gateway(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Gateway settings (YAML): adapters, secrets, service address."),
+    ] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")] = None,
+) -> None:
+    """Run the HTTP gateway for helpdesk webhooks (loopback by default); it calls the service
+    over gRPC. See docs/adapters/."""
+    from pydantic import ValidationError
+
+    from console_adapters.gateway import load
+    from console_adapters.gateway import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = load(config, **({"listen": listen} if listen else {}))
+        if not settings.adapters():
+            raise ValueError("no adapter is configured (zendesk or generic): see docs/adapters/")
+        run(settings)
+    except (ValidationError, ValueError, OSError) as e:
+        err.print(f"[red]cannot start:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def simulate(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,

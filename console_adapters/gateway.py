@@ -1,0 +1,318 @@
+"""The HTTP gateway: helpdesk webhooks in, `Decide` and `RecordOutcome` out over gRPC.
+
+An ASGI app (Starlette) under uvicorn, loopback by default, built once from GatewaySettings.
+For each request: size limit (413) → the adapter verifies the sender on the raw body (401) →
+the adapter maps the event (400 naming the field, or 200 "ignored") → `Decide` with a
+deadline. Only once the service answered (the decision is durable) does the helpdesk get 200;
+a service that is down or slow gives 503 with Retry-After, so the helpdesk retries and nothing
+is acknowledged that was not recorded. Retries carry the same request key: same decision.
+
+The outcome endpoint takes the agent's Accept/Decline with the decision's outcome token, an
+HMAC of the decision id under the gateway's key, handed out only with the decision: nobody
+can post an outcome for a decision they were not shown.
+
+Talks to the service only through offerdesk.v1 (never the service's modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from offerdesk.v1 import offerdesk_pb2 as pb
+from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from console_adapters.adapter import Adapter, Rejected, json_object, text, timestamp
+from console_adapters.generic import GenericAdapter
+from console_adapters.zendesk import ZendeskAdapter
+
+log = logging.getLogger("offerdesk.gateway")
+
+#: gRPC codes that mean "try again later": the helpdesk gets 503 with Retry-After
+_RETRY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_HTTP_FOR = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+}
+_OUTCOMES = {
+    "accepted": pb.ACCEPTED,
+    "declined": pb.DECLINED,
+    "not_presented": pb.NOT_PRESENTED,
+}
+_DECLINE_REASONS = {
+    name.lower(): value
+    for name, value in pb.DeclineReason.items()
+    if value != pb.DECLINE_REASON_UNSPECIFIED
+}
+
+
+class ZendeskSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the webhook's signing secret (Zendesk: Webhooks → the webhook → Signing secret)
+    signing_secret: SecretStr
+    #: put before requester ids to make the identity map's external id (e.g. "zd-")
+    external_id_prefix: str = ""
+
+
+class GenericSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the helpdesk name used in URLs (/webhooks/<name>), request keys and the log
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    #: the Standard Webhooks secret: whsec_ and base64 of 24-64 random bytes
+    secret: SecretStr
+
+
+class GatewaySettings(BaseSettings):
+    """The gateway's settings: a YAML file (--config) and OFFERDESK_GATEWAY_* variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OFFERDESK_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    #: where the gateway listens: loopback unless a reverse proxy in front needs otherwise
+    listen: str = "127.0.0.1:8080"
+    #: the offerdesk service's gRPC address
+    service: str = "127.0.0.1:50051"
+    #: larger bodies get 413 before anything is parsed
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: deadline of each Decide / RecordOutcome call (Intercom wants answers within 500 ms)
+    call_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    #: Retry-After of a 503 (service down or slow)
+    retry_after_seconds: int = Field(default=10, ge=1)
+    #: key of the outcome tokens; default: read from (or created in) data_dir/secrets
+    outcome_key: SecretStr | None = None
+    data_dir: Path = Path("var")
+    zendesk: ZendeskSettings | None = None
+    generic: list[GenericSettings] = Field(default_factory=list)
+
+    @field_validator("listen", "service")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080")
+        return v
+
+    def adapters(self) -> dict[str, Adapter]:
+        out: dict[str, Adapter] = {}
+        if self.zendesk is not None:
+            out["zendesk"] = ZendeskAdapter(
+                self.zendesk.signing_secret.get_secret_value(),
+                external_id_prefix=self.zendesk.external_id_prefix,
+            )
+        for spec in self.generic:
+            if spec.name in out:
+                raise ValueError(f"generic: {spec.name!r} is configured twice")
+            out[spec.name] = GenericAdapter(spec.name, spec.secret.get_secret_value())
+        return out
+
+    def load_outcome_key(self) -> bytes:
+        if self.outcome_key is not None:
+            return self.outcome_key.get_secret_value().encode()
+        path = self.data_dir / "secrets" / "gateway-outcome.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+def load(config: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings: explicit overrides > OFFERDESK_GATEWAY_* environment > YAML file > defaults."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config}: settings file must be a mapping")
+        values = loaded
+    env = GatewaySettings()
+    return GatewaySettings(**{**values, **env.model_dump(exclude_unset=True), **overrides})
+
+
+def outcome_token(key: bytes, decision_id: str) -> str:
+    """What an agent's Accept/Decline must carry: proof the decision was shown to them."""
+    mac = hmac.new(key, f"outcome:{decision_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode("ascii")
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    """The gateway's ASGI app, with its adapters, key and gRPC channel made once."""
+    adapters = settings.adapters()
+    key = settings.load_outcome_key()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        channel = grpc.aio.insecure_channel(settings.service)
+        state["stub"] = pb_grpc.OfferDeskStub(channel)
+        state["health"] = health_pb2_grpc.HealthStub(channel)
+        try:
+            yield
+        finally:
+            await channel.close()
+
+    async def webhook(request: Request) -> JSONResponse:
+        helpdesk = request.path_params["helpdesk"]
+        adapter = adapters.get(helpdesk)
+        if adapter is None:
+            return _error(404, "helpdesk", f"no adapter {helpdesk!r} is configured")
+        started = time.perf_counter()
+        try:
+            body = await _body(request, settings.max_body_bytes)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            adapter.verify(headers, body, datetime.now(UTC))
+            event = adapter.parse(headers, body)
+        except Rejected as exc:
+            log.info("%s webhook refused (%d): %s", helpdesk, exc.status, exc)
+            return _error(exc.status, exc.field, exc.problem)
+        if event.request is None:
+            return JSONResponse({"ignored": event.ignored})
+        answer = await _call(state["stub"].Decide, event.request, settings)
+        if isinstance(answer, JSONResponse):
+            return answer
+        document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        document["outcome_token"] = outcome_token(key, answer.decision_id)
+        log.info(
+            "%s webhook → decision %s in %.1f ms",
+            helpdesk,
+            answer.decision_id,
+            (time.perf_counter() - started) * 1e3,
+        )
+        return JSONResponse(document)
+
+    async def outcome(request: Request) -> JSONResponse:
+        try:
+            body = json_object(await _body(request, settings.max_body_bytes))
+            decision_id = text(body, "decision_id")
+            given = text(body, "outcome_token")
+            if not hmac.compare_digest(outcome_token(key, decision_id), given):
+                raise Rejected(401, "outcome_token", "not the token of this decision")
+            call = _outcome_request(body, decision_id)
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        answer = await _call(state["stub"].RecordOutcome, call, settings)
+        if isinstance(answer, JSONResponse):
+            return answer
+        return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
+
+    async def health(request: Request) -> JSONResponse:
+        try:
+            reply = await state["health"].Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=settings.call_timeout_seconds
+            )
+            service = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as exc:
+            service = f"unreachable ({exc.code().name})"
+        ok = service == "SERVING"
+        return JSONResponse(
+            {"gateway": "ok", "service": service, "adapters": sorted(adapters)},
+            status_code=200 if ok else 503,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
+            Route("/outcomes", outcome, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Rejected(413, "body", f"larger than {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(413, "body", f"larger than {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _call(method: Any, request: Any, settings: GatewaySettings) -> Any:
+    """Call the service; its answer, or the HTTP error response that stands for its status."""
+    try:
+        return await method(request, timeout=settings.call_timeout_seconds)
+    except grpc.aio.AioRpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+        if code in _RETRY:
+            log.warning("service %s: %s (503, retry after)", code.name, details)
+            response = _error(503, "service", f"{code.name}: {details}")
+            response.headers["Retry-After"] = str(settings.retry_after_seconds)
+            return response
+        status = _HTTP_FOR.get(code, 502)
+        field, _, problem = details.partition(": ")
+        if status == 400 and problem:
+            return _error(400, field, problem)
+        return _error(status, "service", f"{code.name}: {details}")
+
+
+def _outcome_request(body: Mapping[str, Any], decision_id: str) -> pb.RecordOutcomeRequest:
+    name = text(body, "outcome").lower()
+    if name not in _OUTCOMES:
+        raise Rejected(400, "outcome", f"must be one of {', '.join(_OUTCOMES)}")
+    reason = text(body, "decline_reason", required=False).lower()
+    if reason and reason not in _DECLINE_REASONS:
+        raise Rejected(400, "decline_reason", f"must be one of {', '.join(_DECLINE_REASONS)}")
+    return pb.RecordOutcomeRequest(
+        decision_id=decision_id,
+        outcome=_OUTCOMES[name],  # type: ignore[arg-type]
+        decline_reason=_DECLINE_REASONS.get(reason, 0),  # type: ignore[arg-type]
+        decline_note=text(body, "decline_note", required=False),
+        agent_id=text(body, "agent_id"),
+        occurred_at=timestamp(datetime.now(UTC)),
+    )
+
+
+def _error(status: int, field: str, problem: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "problem": problem}}, status_code=status)
+
+
+def serve(settings: GatewaySettings, log_level: Literal["info", "warning"] = "info") -> None:
+    """Run the gateway under uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    host, _, port = settings.listen.rpartition(":")
+    uvicorn.run(create_app(settings), host=host, port=int(port), log_level=log_level)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="offerdesk's HTTP gateway for helpdesks")
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args(argv)
+    serve(load(args.config))
+
+
+__all__ = ["GatewaySettings", "create_app", "load", "outcome_token", "serve"]

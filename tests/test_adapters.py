@@ -1,0 +1,374 @@
+"""Every shipped adapter through the adapter test kit (tests/adapter_kit.py), and the published
+signature vectors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import httpx
+import pytest
+from adapter_kit import Helpdesk, ago, error_of, free_port, now, post, running_gateway
+from offerdesk.v1 import offerdesk_pb2 as pb
+from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
+from test_server import treated_customers
+
+from console_adapters import generic, zendesk
+from console_adapters.adapter import Rejected
+from console_adapters.gateway import GatewaySettings
+from service.server import Running
+from service.settings import Settings
+from service.simulator import World
+
+ZENDESK_SECRET = "dGhpcyBpcyBub3QgYSByZWFsIHNlY3JldA-zendesk"
+GENERIC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+# -- Zendesk: the trigger body of docs/adapters/zendesk.md, placeholders rendered -----------
+
+
+def zendesk_event(customer: str, ticket: str, **change: str) -> bytes:
+    event = {
+        "ticket_id": ticket,
+        "status": "Solved",
+        "updated_at": ago(120).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "requester_id": customer.removeprefix("zd-"),
+        "assignee_id": "381944",
+        "tags": "billing vip",
+        "via": "Chat",
+        "category": "Billing",
+        "product_area": "storage",
+        "csat": "good",
+        "reopens": "0",
+        "locale": "en-US",
+        **change,
+    }
+    return json.dumps(event).encode()
+
+
+def zendesk_headers(body: bytes, at: datetime, delivery: str) -> dict[str, str]:
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        zendesk.SIGNATURE: zendesk.sign(ZENDESK_SECRET, stamp, body),
+        zendesk.SIGNATURE_TIMESTAMP: stamp,
+        "user-agent": "Zendesk Webhook",
+    }
+
+
+def zendesk_malformed(customer: str, ticket: str) -> tuple[bytes, str]:
+    event = json.loads(zendesk_event(customer, ticket))
+    del event["requester_id"]
+    return json.dumps(event).encode(), "requester_id"
+
+
+ZENDESK = Helpdesk(
+    name="zendesk",
+    settings={
+        "zendesk": {"signing_secret": ZENDESK_SECRET, "external_id_prefix": "zd-"},
+    },
+    sign=zendesk_headers,
+    solved=lambda c, t: zendesk_event(c, t),
+    solved_again=lambda c, t: zendesk_event(c, t, updated_at=ago(5).strftime("%Y-%m-%dT%H:%M:%SZ")),
+    malformed=zendesk_malformed,
+    ignored=lambda c, t: zendesk_event(c, t, status="Open"),
+)
+
+
+# -- Generic: Standard Webhooks around the contract's JSON --------------------------------
+
+
+def generic_event(customer: str, ticket: str) -> bytes:
+    return json.dumps(
+        {
+            "ticket": {
+                "id": ticket,
+                "category": "billing",
+                "productArea": "storage",
+                "channel": "CHANNEL_CHAT",
+                "resolvedAt": ago(120).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "csat": 5,
+            },
+            "customer": {"externalId": customer},
+            "agentId": "agent-7",
+            "locale": "en-US",
+        }
+    ).encode()
+
+
+def generic_headers(body: bytes, at: datetime, delivery: str) -> dict[str, str]:
+    stamp = int(at.timestamp())
+    return {
+        generic.ID: delivery,
+        generic.TIMESTAMP: str(stamp),
+        generic.SIGNATURE: generic.sign(GENERIC_SECRET, delivery, stamp, body),
+    }
+
+
+def generic_malformed(customer: str, ticket: str) -> tuple[bytes, str]:
+    event = json.loads(generic_event(customer, ticket))
+    event["ticket"]["csat"] = "very happy"
+    return json.dumps(event).encode(), "body"
+
+
+GENERIC = Helpdesk(
+    name="acme",
+    settings={"generic": [{"name": "acme", "secret": GENERIC_SECRET}]},
+    sign=generic_headers,
+    solved=generic_event,
+    solved_again=generic_event,  # the same ticket, a new delivery (a new webhook-id)
+    malformed=generic_malformed,
+    retry_keeps_delivery=True,
+)
+
+HELPDESKS = [ZENDESK, GENERIC]
+
+
+@pytest.fixture(params=HELPDESKS, ids=lambda h: h.name)
+def helpdesk(request: pytest.FixtureRequest) -> Helpdesk:
+    return request.param  # type: ignore[no-any-return]
+
+
+def gateway_settings(helpdesk: Helpdesk, service: str, settings: Settings) -> GatewaySettings:
+    return GatewaySettings(service=service, data_dir=settings.data_dir, **helpdesk.settings)
+
+
+@pytest.fixture
+def gateway(helpdesk: Helpdesk, server: Running, settings: Settings) -> Iterator[str]:
+    with running_gateway(gateway_settings(helpdesk, f"127.0.0.1:{server.port}", settings)) as base:
+        yield base
+
+
+@pytest.fixture
+def customer(helpdesk: Helpdesk, world: World, settings: Settings) -> str:
+    """A customer the helpdesk knows (the generic one's ids are unknown to the profile source:
+    its decisions are reasoned no-offers, logged like any other)."""
+    if helpdesk.name == "zendesk":
+        return world.external_ids(treated_customers(world, settings)[0])["zendesk"]
+    return "acme-customer-1"
+
+
+def size(server: Running) -> int:
+    return server.desk.store.head()[0]
+
+
+def test_a_solved_event_makes_one_logged_decision(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    before = size(server)
+    body = helpdesk.solved(customer, "35436")
+    reply = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_1"))
+    assert reply.status_code == 200, reply.text
+    decision = reply.json()
+    assert decision["decision_id"].startswith("d_") and decision["outcome_token"]
+    assert size(server) > before
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stored = pb_grpc.OfferDeskStub(channel).GetDecision(
+            pb.GetDecisionRequest(decision_id=decision["decision_id"])
+        )
+    assert stored.decision_id == decision["decision_id"]
+    if helpdesk.name == "zendesk":
+        assert decision["kind"] in ("OFFER", "NO_OFFER")
+        assert stored.no_offer_reason != pb.UNKNOWN_CUSTOMER  # the identity map knew them
+    else:
+        assert decision["no_offer_reason"] == "UNKNOWN_CUSTOMER"
+
+
+def test_duplicates_and_retries_return_the_same_decision_and_log_nothing(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    body = helpdesk.solved(customer, "35437")
+    headers = helpdesk.sign(body, now(), "msg_2")
+    first = post(gateway, helpdesk, body, headers).json()["decision_id"]
+    logged = size(server)
+    assert post(gateway, helpdesk, body, headers).json()["decision_id"] == first
+    # A retry a little later: re-signed (a new timestamp), the same delivery where the
+    # helpdesk keeps it, or a fresh delivery of the same event where it does not.
+    delivery = "msg_2" if helpdesk.retry_keeps_delivery else "msg_retry"
+    retry = post(
+        gateway, helpdesk, body, helpdesk.sign(body, now() + timedelta(seconds=30), delivery)
+    )
+    assert retry.status_code == 200 and retry.json()["decision_id"] == first
+    assert size(server) == logged
+
+
+def test_a_ticket_solved_again_after_reopening_is_a_new_decision(
+    helpdesk: Helpdesk, gateway: str, customer: str
+) -> None:
+    body = helpdesk.solved(customer, "35438")
+    first = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_3")).json()
+    again = helpdesk.solved_again(customer, "35438")
+    second = post(gateway, helpdesk, again, helpdesk.sign(again, now(), "msg_4"))
+    assert second.status_code == 200
+    assert second.json()["decision_id"] != first["decision_id"]
+
+
+def test_a_bad_or_missing_signature_is_401_and_nothing_reaches_the_service(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    before = size(server)
+    body = helpdesk.solved(customer, "35439")
+    headers = helpdesk.sign(body, now(), "msg_5")
+    altered = body.replace(b"35439", b"35440")
+    for sent, with_headers in (
+        (altered, headers),  # the body changed after signing
+        (body, {k: v for k, v in list(headers.items())[1:]}),  # a header missing
+        (body, helpdesk.sign(body + b" ", now(), "msg_5")),  # signed over other bytes
+    ):
+        reply = post(gateway, helpdesk, sent, with_headers)
+        assert reply.status_code == 401, reply.text
+        assert error_of(reply)["field"]
+    assert size(server) == before
+
+
+def test_a_stale_timestamp_is_401(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    before = size(server)
+    body = helpdesk.solved(customer, "35441")
+    reply = post(gateway, helpdesk, body, helpdesk.sign(body, ago(600), "msg_6"))
+    assert reply.status_code == 401
+    assert "timestamp" in error_of(reply)["field"]
+    assert size(server) == before
+
+
+def test_a_malformed_event_is_400_naming_the_field(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    before = size(server)
+    body, field = helpdesk.malformed(customer, "35442")
+    reply = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_7"))
+    assert reply.status_code == 400, reply.text
+    assert error_of(reply)["field"] == field
+    not_json = b"{not json"
+    reply = post(gateway, helpdesk, not_json, helpdesk.sign(not_json, now(), "msg_8"))
+    assert reply.status_code == 400 and error_of(reply)["field"] == "body"
+    assert size(server) == before
+
+
+def test_an_oversized_body_is_413(helpdesk: Helpdesk, gateway: str, server: Running) -> None:
+    before = size(server)
+    body = b"{" + b" " * (300 * 1024) + b"}"
+    reply = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_9"))
+    assert reply.status_code == 413
+    assert size(server) == before
+
+
+@pytest.mark.parametrize(
+    "helpdesk", [h for h in HELPDESKS if h.ignored is not None], ids=lambda h: h.name
+)
+def test_an_event_that_is_not_a_solve_is_acknowledged_and_ignored(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    assert helpdesk.ignored is not None
+    before = size(server)
+    body = helpdesk.ignored(customer, "35443")
+    reply = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_10"))
+    assert reply.status_code == 200 and "ignored" in reply.json()
+    assert size(server) == before
+
+
+def test_a_service_that_is_down_gives_503_with_retry_after(
+    helpdesk: Helpdesk, settings: Settings, customer: str
+) -> None:
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with running_gateway(gateway_settings(helpdesk, closed, settings)) as base:
+        body = helpdesk.solved(customer, "35444")
+        reply = post(base, helpdesk, body, helpdesk.sign(body, now(), "msg_11"))
+        assert reply.status_code == 503
+        assert int(reply.headers["retry-after"]) > 0
+        health = httpx.get(f"{base}/healthz", timeout=10)
+        assert health.status_code == 503 and health.json()["service"].startswith("unreachable")
+
+
+# An outcome needs an offer, so a helpdesk whose customers the profile source knows.
+@pytest.mark.parametrize("helpdesk", [ZENDESK], ids=lambda h: h.name)
+def test_an_outcome_needs_the_token_handed_out_with_the_decision(
+    helpdesk: Helpdesk, gateway: str, server: Running, world: World, settings: Settings
+) -> None:
+    offer = None
+    for i, cid in enumerate(treated_customers(world, settings)[:60]):
+        body = helpdesk.solved(world.external_ids(cid)["zendesk"], f"4{i:04d}")
+        decision = post(gateway, helpdesk, body, helpdesk.sign(body, now(), f"m{i}")).json()
+        if decision["kind"] == "OFFER":
+            offer = decision
+            break
+    assert offer is not None, "no offer in 60 solved tickets"
+    outcome = {
+        "decision_id": offer["decision_id"],
+        "outcome": "declined",
+        "decline_reason": "too_expensive",
+        "agent_id": "381944",
+    }
+    before = size(server)
+    for token in ("", "x" * 24, offer["outcome_token"][:-2] + "AA"):
+        refused = httpx.post(f"{gateway}/outcomes", json={**outcome, "outcome_token": token})
+        assert refused.status_code in (400, 401)
+        assert error_of(refused)["field"] == "outcome_token"
+    assert size(server) == before
+    recorded = httpx.post(
+        f"{gateway}/outcomes", json={**outcome, "outcome_token": offer["outcome_token"]}
+    )
+    assert recorded.status_code == 200, recorded.text
+    assert recorded.json()["outcome"] == "DECLINED"
+    bad = httpx.post(
+        f"{gateway}/outcomes",
+        json={
+            **outcome,
+            "outcome": "accepted",
+            "decline_reason": "",
+            "outcome_token": offer["outcome_token"],
+        },
+    )
+    assert bad.status_code == 409, bad.text  # a different outcome for the same decision
+
+
+def test_an_unknown_helpdesk_is_404(gateway: str) -> None:
+    reply = httpx.post(f"{gateway}/webhooks/nosuch", content=b"{}")
+    assert reply.status_code == 404 and error_of(reply)["field"] == "helpdesk"
+
+
+def test_health_reports_the_service(gateway: str) -> None:
+    health = httpx.get(f"{gateway}/healthz", timeout=10).json()
+    assert health["service"] == "SERVING" and health["adapters"]
+
+
+# -- published signature vectors, not only our own signer ---------------------------------
+
+
+def test_the_zendesk_vector_passes_and_the_legacy_order_fails() -> None:
+    # ../shared/reference/helpdesks.md: the documented recipe is base64(HMAC-SHA256(secret,
+    # timestamp + body)); an older page printed the body + timestamp value.
+    secret = "HRkRd4BeOAoUkfZr-mhauJT64rvBASlJRoIyPsd3zeA="
+    body, stamp = b'{"say": "hello"}', "2021-07-25T10:00:00Z"
+    assert zendesk.sign(secret, stamp, body) == "Rry/4TtIdFyawtXXp8QdI6tlAUUQ/5kL1OTp5qo/ZIk="
+    adapter = zendesk.ZendeskAdapter(secret)
+    at = datetime(2021, 7, 25, 10, 0, 30, tzinfo=UTC)
+    good = {
+        zendesk.SIGNATURE: "Rry/4TtIdFyawtXXp8QdI6tlAUUQ/5kL1OTp5qo/ZIk=",
+        zendesk.SIGNATURE_TIMESTAMP: stamp,
+    }
+    adapter.verify(good, body, at)
+    legacy = {**good, zendesk.SIGNATURE: "tRDSF7URY8BLCDlaBcQ7FHu051Zk+aAB0NKMP53teMw="}
+    with pytest.raises(Rejected) as refused:
+        adapter.verify(legacy, body, at)
+    assert refused.value.status == 401
+
+
+def test_the_standard_webhooks_vector_passes() -> None:
+    body = b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert (
+        generic.sign(GENERIC_SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
+    )
+    adapter = generic.GenericAdapter("acme", GENERIC_SECRET)
+    headers = {
+        generic.ID: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        generic.TIMESTAMP: "1614265330",
+        # a rotation: an old key's entry first, then the matching one
+        generic.SIGNATURE: "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= " + expected,
+    }
+    adapter.verify(headers, body, datetime.fromtimestamp(1614265330 + 60, UTC))
+    with pytest.raises(Rejected):
+        adapter.verify(headers, body + b" ", datetime.fromtimestamp(1614265330, UTC))
