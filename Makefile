@@ -33,7 +33,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check service explain audit console_adapters tests
 	$(VENV)/bin/ruff format --check service explain audit console_adapters tests
-	$(VENV)/bin/mypy service explain audit
+	$(VENV)/bin/mypy service explain audit console_adapters
 
 clean:
 	rm -rf var .pytest_cache catboost_info
