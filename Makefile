@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC := protos/offerdesk/v1/offerdesk.proto protos/offerdesk/v1/audit.proto
 PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py protos/offerdesk/v1/audit_pb2.py
 
-.PHONY: setup proto demo test lint clean
+.PHONY: setup proto browser demo test lint clean
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -27,7 +27,11 @@ proto: $(PROTO_OUT)
 demo: setup
 	$(VENV)/bin/offerdesk demo
 
-test: setup
+# Debian's chromium and chromium-driver for the card's browser tests (apt, when missing).
+browser:
+	@scripts/ensure_chromium.sh
+
+test: setup browser
 	$(PY) -m pytest
 
 lint: setup

@@ -9,7 +9,8 @@ is acknowledged that was not recorded. Retries carry the same request key: same 
 
 The outcome endpoint takes the agent's Accept/Decline with the decision's outcome token, an
 HMAC of the decision id under the gateway's key, handed out only with the decision: nobody
-can post an outcome for a decision they were not shown.
+can post an outcome for a decision they were not shown. The same token opens the agent's card
+page (/card/<decision id>?token=…), which reads the decision from /api/decisions/<id>.
 
 Talks to the service only through offerdesk.v1 (never the service's modules).
 """
@@ -28,6 +29,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlencode
 
 import grpc
 import yaml
@@ -39,14 +41,18 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from console_adapters.adapter import Adapter, Rejected, json_object, text, timestamp
 from console_adapters.generic import GenericAdapter
 from console_adapters.zendesk import ZendeskAdapter
 
 log = logging.getLogger("offerdesk.gateway")
+
+#: the agent's card page: plain HTML, CSS and JS, served as they are (no build step)
+CARD_DIR = Path(__file__).resolve().parent / "card"
 
 #: gRPC codes that mean "try again later": the helpdesk gets 503 with Retry-After
 _RETRY = {
@@ -199,7 +205,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if isinstance(answer, JSONResponse):
             return answer
         document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
-        document["outcome_token"] = outcome_token(key, answer.decision_id)
+        token = outcome_token(key, answer.decision_id)
+        document["outcome_token"] = token
+        document["card_url"] = f"/card/{quote(answer.decision_id)}?" + urlencode(
+            {"token": token, "agent": event.request.agent_id}
+        )
         log.info(
             "%s webhook → decision %s in %.1f ms",
             helpdesk,
@@ -223,6 +233,23 @@ def create_app(settings: GatewaySettings) -> Starlette:
             return answer
         return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
 
+    async def decision(request: Request) -> JSONResponse:
+        """One decision for the card page, to whoever holds its outcome token."""
+        decision_id = request.path_params["decision_id"]
+        if not hmac.compare_digest(
+            outcome_token(key, decision_id), request.query_params.get("token", "")
+        ):
+            return _error(401, "token", "not the token of this decision")
+        answer = await _call(
+            state["stub"].GetDecision, pb.GetDecisionRequest(decision_id=decision_id), settings
+        )
+        if isinstance(answer, JSONResponse):
+            return answer
+        return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
+
+    async def card(request: Request) -> FileResponse:
+        return FileResponse(CARD_DIR / "card.html", media_type="text/html")
+
     async def health(request: Request) -> JSONResponse:
         try:
             reply = await state["health"].Check(
@@ -241,6 +268,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
         routes=[
             Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
             Route("/outcomes", outcome, methods=["POST"]),
+            Route("/api/decisions/{decision_id}", decision, methods=["GET"]),
+            Mount("/card/static", StaticFiles(directory=CARD_DIR), name="card-static"),
+            Route("/card/{decision_id}", card, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ],
         lifespan=lifespan,

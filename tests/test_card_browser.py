@@ -1,0 +1,175 @@
+"""The agent's card in a real headless Chromium (Debian's chromium and chromedriver, driven by
+Selenium by explicit path: nothing is downloaded). A real service decides, a real gateway serves
+the page, the agent declines with a reason, and the outcome is in the audit log.
+
+Screenshots of each state are saved under var/test-artifacts/ (docs/img/card-offer.png is one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from adapter_kit import now, post, running_gateway
+from offerdesk.v1 import offerdesk_pb2 as pb
+from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.ui import WebDriverWait
+from test_adapters import ZENDESK, gateway_settings
+from test_server import treated_customers
+
+from service.server import Running
+from service.settings import Settings
+from service.simulator import World
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
+        "Debian's chromium and chromium-driver are needed: `make test` installs them "
+        "(scripts/ensure_chromium.sh)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=360,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def gateway(server: Running, settings: Settings) -> Iterator[str]:
+    with running_gateway(gateway_settings(ZENDESK, f"127.0.0.1:{server.port}", settings)) as base:
+        yield base
+
+
+def solved(gateway: str, external_id: str, ticket: str) -> dict[str, str]:
+    body = ZENDESK.solved(external_id, ticket)
+    reply = post(gateway, ZENDESK, body, ZENDESK.sign(body, now(), ticket))
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def first(gateway: str, world: World, settings: Settings, kind: str) -> dict[str, str]:
+    for i, cid in enumerate(treated_customers(world, settings)[:80]):
+        decision = solved(gateway, world.external_ids(cid)["zendesk"], f"7{i:04d}")
+        if decision["kind"] == kind:
+            return decision
+    raise AssertionError(f"no {kind} in 80 solved tickets")
+
+
+def wait(driver: webdriver.Chrome, element_id: str) -> None:
+    WebDriverWait(driver, 10).until(ec.visibility_of_element_located((By.ID, element_id)))
+
+
+def shot(driver: webdriver.Chrome, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"card-{name}.png"
+    driver.find_element(By.ID, "card").screenshot(str(path))
+    return path
+
+
+def test_the_agent_sees_the_offer_and_declines_with_a_reason_and_the_log_has_it(
+    browser: webdriver.Chrome, gateway: str, server: Running, world: World, settings: Settings
+) -> None:
+    offer = first(gateway, world, settings, "OFFER")
+    browser.get(gateway + offer["card_url"])
+    wait(browser, "offer")
+    card = offer["card"]
+    assert browser.find_element(By.ID, "offer-name").text == card["offer_name"]  # type: ignore[index]
+    points = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#talking-points li")]
+    assert points == card["talking_points"]  # type: ignore[index]
+    reasons = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#reasons li")]
+    assert reasons == [r["text"] for r in card.get("reasons", [])][:3]  # type: ignore[union-attr]
+    rule = card["firing_rule"]  # type: ignore[index]
+    assert browser.find_element(By.ID, "rule").text == rule["description"]  # type: ignore[index]
+    assert browser.find_element(By.ID, "price").text  # a formatted price
+    assert browser.find_element(By.ID, "card").size["width"] <= 320
+    assert not browser.find_element(By.ID, "decline-form").is_displayed()
+    shot(browser, "offer")
+
+    # Keyboard only: Tab to Decline, Enter, pick a reason, submit.
+    browser.find_element(By.ID, "accept").send_keys(Keys.TAB)
+    active = browser.switch_to.active_element
+    assert active.get_attribute("id") == "decline"
+    active.send_keys(Keys.ENTER)
+    wait(browser, "decline-form")
+    Select(browser.find_element(By.ID, "decline-reason")).select_by_value("too_expensive")
+    browser.find_element(By.ID, "decline-note").send_keys("asked to call back next quarter")
+    shot(browser, "decline")
+    browser.find_element(By.CSS_SELECTOR, "#decline-form button[type=submit]").click()
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.ID, "status"), "Recorded")
+    )
+    assert "Too expensive" in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.ID, "accept").get_attribute("disabled") is not None
+    assert not browser.find_element(By.ID, "decline-form").is_displayed()
+    shot(browser, "recorded")
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stored = pb_grpc.OfferDeskStub(channel).GetDecision(
+            pb.GetDecisionRequest(decision_id=offer["decision_id"])
+        )
+    assert stored.outcome == pb.DECLINED
+    outcome = server.desk.store.find("outcome", offer["decision_id"])
+    assert outcome is not None and outcome.body["decline_reason"] == "too_expensive"
+    assert "call back" not in outcome.record.decode()  # the note stays out of the chain
+
+    browser.refresh()  # a recorded card stays recorded
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.ID, "status"), "Recorded: declined")
+    )
+
+
+def test_the_no_offer_state_says_why(
+    browser: webdriver.Chrome, gateway: str, world: World, settings: Settings
+) -> None:
+    decision = first(gateway, world, settings, "NO_OFFER")
+    browser.get(gateway + decision["card_url"])
+    wait(browser, "no-offer")
+    message = browser.find_element(By.ID, "agent-message").text
+    assert message and message.lower() in decision["agent_message"].lower()
+    assert not browser.find_elements(By.CSS_SELECTOR, "#offer:not([hidden])")
+    shot(browser, "no-offer")
+
+
+def test_a_card_with_a_wrong_token_shows_the_error_state_and_records_nothing(
+    browser: webdriver.Chrome, gateway: str, server: Running, world: World, settings: Settings
+) -> None:
+    offer = first(gateway, world, settings, "OFFER")
+    size = server.desk.store.head()[0]
+    browser.get(f"{gateway}/card/{offer['decision_id']}?token=forged&agent=381944")
+    wait(browser, "error")
+    assert "token" in browser.find_element(By.ID, "error-message").text
+    assert browser.switch_to.active_element.get_attribute("id") == "retry"
+    shot(browser, "error")
+    assert server.desk.store.head()[0] == size
+    api = httpx.get(f"{gateway}/api/decisions/{offer['decision_id']}", params={"token": "x"})
+    assert api.status_code == 401 and json.loads(api.content)["error"]["field"] == "token"
