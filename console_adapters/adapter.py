@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -126,15 +126,148 @@ def iso_time(obj: Mapping[str, Any], key: str, *, path: str = "") -> datetime:
     return parsed
 
 
+def check_fresh(sent: datetime, now: datetime, tolerance: timedelta, name: str) -> None:
+    """Refuse (401, naming the header) a signature timestamp too far from now: a replay."""
+    if sent.tzinfo is None or abs(now - sent) > tolerance:
+        raise Rejected(
+            401, name, f"more than {tolerance.total_seconds():.0f} s from now (a replay?)"
+        )
+
+
+def trigger_event(
+    helpdesk: str, body: bytes, *, solved: Collection[str], external_id_prefix: str = ""
+) -> Event:
+    """A "ticket solved" event in the trigger body we document for helpdesks whose admins
+    write the body from placeholders (Zendesk, Freshdesk, ServiceNow): every key is the same.
+
+    ``solved``: the status values (lower case) that make a decision; any other is ignored.
+    Request key: ``<helpdesk>:<ticket_id>:<updated_at>``: a retry carries the same body, so the
+    same key; a ticket solved again after it was reopened has a new ``updated_at``.
+    """
+    event = json_object(body)
+    status = text(event, "status").lower()
+    if status not in solved:
+        return Event(None, f"ticket status is {status!r}, not {' or '.join(sorted(solved))}")
+    ticket_id = text(event, "ticket_id")
+    updated_at = iso_time(event, "updated_at")  # the solve time: in the body, so retries agree
+    ticket = solved_ticket(event, ticket_id, updated_at, channel=text(event, "via", required=False))
+    return Event(
+        pb.DecideRequest(
+            request_key=f"{helpdesk}:{ticket_id}:{text(event, 'updated_at')}",
+            helpdesk=helpdesk,
+            ticket=ticket,
+            customer=pb.Customer(external_id=external_id_prefix + text(event, "requester_id")),
+            agent_id=text(event, "assignee_id"),
+            locale=text(event, "locale", required=False) or "en-US",
+        )
+    )
+
+
+# The ticket fields every trigger body we document shares (Zendesk, Freshdesk, ServiceNow):
+# category, product_area, tags, fields, csat, sentiment, reopens.
+
+#: a helpdesk's channel name → the contract's channel (matched by substring, lower case)
+_CHANNELS = (
+    ("chat", pb.CHANNEL_CHAT),
+    ("messaging", pb.CHANNEL_MESSAGING),
+    ("whatsapp", pb.CHANNEL_MESSAGING),
+    ("email", pb.CHANNEL_EMAIL),
+    ("mail", pb.CHANNEL_EMAIL),
+    ("phone", pb.CHANNEL_PHONE),
+    ("voice", pb.CHANNEL_PHONE),
+    ("twitter", pb.CHANNEL_SOCIAL),
+    ("facebook", pb.CHANNEL_SOCIAL),
+    ("social", pb.CHANNEL_SOCIAL),
+    ("portal", pb.CHANNEL_WEB),
+    ("web", pb.CHANNEL_WEB),
+    ("api", pb.CHANNEL_WEB),
+)
+#: satisfaction ratings given as words → CSAT 1..5 (a number 1..5 is taken as it is)
+_RATINGS = {"good": 5, "bad": 1}
+_NO_RATING = ("", "offered", "unoffered")
+
+
+def solved_ticket(
+    event: Mapping[str, Any], ticket_id: str, resolved_at: datetime, *, channel: str
+) -> pb.Ticket:
+    """The contract's Ticket from a documented trigger body's shared keys."""
+    ticket = pb.Ticket(
+        id=ticket_id,
+        category=snake(text(event, "category", required=False)),
+        product_area=snake(text(event, "product_area", required=False)),
+        channel=channel_of(channel),
+        resolved_at=timestamp(resolved_at),
+        tags=_tags(event),
+        custom_fields=_fields(event),
+        reopen_count=int(number(event, "reopens") or 0),
+    )
+    csat = _csat(event)
+    if csat is not None:
+        ticket.csat = csat
+    sentiment = number(event, "sentiment")
+    if sentiment is not None:
+        ticket.sentiment = sentiment
+    return ticket
+
+
+def snake(value: str) -> str:
+    """ "Feature Request" → feature_request (the catalog's category names)."""
+    return "_".join(value.lower().replace("-", " ").split())
+
+
+def channel_of(name: str) -> int:
+    lowered = name.lower()
+    return next((channel for word, channel in _CHANNELS if word in lowered), 0)
+
+
+def _tags(event: Mapping[str, Any]) -> list[str]:
+    raw = event.get("tags")
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):  # placeholders render tags space- or comma-separated
+        return raw.replace(",", " ").split()
+    if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+        return list(raw)
+    raise Rejected(400, "tags", "must be a space-separated string or a list of strings")
+
+
+def _fields(event: Mapping[str, Any]) -> dict[str, str]:
+    raw = event.get("fields")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise Rejected(400, "fields", "must be an object of field name → value")
+    return {str(k): text(raw, k, required=False, path="fields.") for k in raw}
+
+
+def _csat(event: Mapping[str, Any]) -> int | None:
+    raw = event.get("csat")
+    if isinstance(raw, str) and raw.strip().lower() in _RATINGS:
+        return _RATINGS[raw.strip().lower()]
+    if isinstance(raw, str) and raw.strip().lower() in _NO_RATING:
+        return None
+    value = number(event, "csat")
+    if value is None:
+        return None
+    if value != int(value) or not 1 <= value <= 5:
+        raise Rejected(400, "csat", f"must be 1..5, good or bad, got {raw!r}")
+    return int(value)
+
+
 __all__ = [
     "Adapter",
     "Event",
     "Rejected",
+    "channel_of",
+    "check_fresh",
     "header",
     "iso_time",
     "json_object",
     "number",
     "same",
+    "snake",
+    "solved_ticket",
     "text",
     "timestamp",
+    "trigger_event",
 ]

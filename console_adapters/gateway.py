@@ -46,7 +46,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from console_adapters.adapter import Adapter, Rejected, json_object, text, timestamp
+from console_adapters.freshdesk import FreshdeskAdapter
 from console_adapters.generic import GenericAdapter
+from console_adapters.servicenow import ServiceNowAdapter
 from console_adapters.zendesk import ZendeskAdapter
 
 log = logging.getLogger("offerdesk.gateway")
@@ -87,6 +89,22 @@ class ZendeskSettings(BaseModel):
     external_id_prefix: str = ""
 
 
+class FreshdeskSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the token the automation rule sends in X-Offerdesk-Token (32+ random characters)
+    token: SecretStr
+    external_id_prefix: str = ""
+
+
+class ServiceNowSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the signing secret, the same as the x_offerdesk.secret system property (32+ characters)
+    secret: SecretStr
+    external_id_prefix: str = ""
+
+
 class GenericSettings(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
@@ -117,6 +135,8 @@ class GatewaySettings(BaseSettings):
     outcome_key: SecretStr | None = None
     data_dir: Path = Path("var")
     zendesk: ZendeskSettings | None = None
+    freshdesk: FreshdeskSettings | None = None
+    servicenow: ServiceNowSettings | None = None
     generic: list[GenericSettings] = Field(default_factory=list)
 
     @field_validator("listen", "service")
@@ -133,6 +153,16 @@ class GatewaySettings(BaseSettings):
             out["zendesk"] = ZendeskAdapter(
                 self.zendesk.signing_secret.get_secret_value(),
                 external_id_prefix=self.zendesk.external_id_prefix,
+            )
+        if self.freshdesk is not None:
+            out["freshdesk"] = FreshdeskAdapter(
+                self.freshdesk.token.get_secret_value(),
+                external_id_prefix=self.freshdesk.external_id_prefix,
+            )
+        if self.servicenow is not None:
+            out["servicenow"] = ServiceNowAdapter(
+                self.servicenow.secret.get_secret_value(),
+                external_id_prefix=self.servicenow.external_id_prefix,
             )
         for spec in self.generic:
             if spec.name in out:

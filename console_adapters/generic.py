@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import json_format
 from offerdesk.v1 import offerdesk_pb2 as pb
 
-from console_adapters.adapter import Event, Rejected, header, same
+from console_adapters.adapter import Event, Rejected, check_fresh, header, same
 
 ID, TIMESTAMP, SIGNATURE = "webhook-id", "webhook-timestamp", "webhook-signature"
 _PREFIX = "whsec_"
@@ -64,10 +64,7 @@ class GenericAdapter:
         if not raw_stamp.isdigit():
             raise Rejected(401, TIMESTAMP, "must be Unix seconds")
         stamp = int(raw_stamp)
-        if abs(now - datetime.fromtimestamp(stamp, UTC)) > self._tolerance:
-            raise Rejected(
-                401, TIMESTAMP, f"more than {self._tolerance.total_seconds():.0f} s from now"
-            )
+        check_fresh(datetime.fromtimestamp(stamp, UTC), now, self._tolerance, TIMESTAMP)
         expected = sign(self._secret, message_id, stamp, body).encode()
         if not any(same(expected, entry.encode()) for entry in given.split()):
             raise Rejected(401, SIGNATURE, "no v1 signature matches the body (wrong secret?)")

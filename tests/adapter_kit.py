@@ -44,9 +44,15 @@ class Helpdesk:
     malformed: Callable[[str, str], tuple[bytes, str]]
     #: an event the adapter must acknowledge and ignore (None: the helpdesk sends none)
     ignored: Callable[[str, str], bytes] | None = None
+    #: the same as ``sign`` but with a wrong secret or token: must get 401
+    forge: Callable[[bytes, datetime, str], Headers] | None = None
     #: whether a retry of a delivery keeps its delivery id (Standard Webhooks) or is a fresh
     #: delivery of the same event (Zendesk re-signs with a new timestamp)
     retry_keeps_delivery: bool = False
+    #: whether the signature covers the body (Freshdesk sends a token only) ...
+    signs_body: bool = True
+    #: ... and a timestamp that goes stale
+    signs_time: bool = True
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ signature vectors."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -15,7 +15,7 @@ from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from test_server import treated_customers
 
-from console_adapters import generic, zendesk
+from console_adapters import freshdesk, generic, servicenow, zendesk
 from console_adapters.adapter import Rejected
 from console_adapters.gateway import GatewaySettings
 from service.server import Running
@@ -63,8 +63,17 @@ def zendesk_malformed(customer: str, ticket: str) -> tuple[bytes, str]:
     return json.dumps(event).encode(), "requester_id"
 
 
+def zendesk_forged(body: bytes, at: datetime, delivery: str) -> dict[str, str]:
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        zendesk.SIGNATURE: zendesk.sign("another webhook's secret", stamp, body),
+        zendesk.SIGNATURE_TIMESTAMP: stamp,
+    }
+
+
 ZENDESK = Helpdesk(
     name="zendesk",
+    forge=zendesk_forged,
     settings={
         "zendesk": {"signing_secret": ZENDESK_SECRET, "external_id_prefix": "zd-"},
     },
@@ -112,8 +121,19 @@ def generic_malformed(customer: str, ticket: str) -> tuple[bytes, str]:
     return json.dumps(event).encode(), "body"
 
 
+def generic_forged(body: bytes, at: datetime, delivery: str) -> dict[str, str]:
+    stamp = int(at.timestamp())
+    other = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB"
+    return {
+        generic.ID: delivery,
+        generic.TIMESTAMP: str(stamp),
+        generic.SIGNATURE: generic.sign(other, delivery, stamp, body),
+    }
+
+
 GENERIC = Helpdesk(
     name="acme",
+    forge=generic_forged,
     settings={"generic": [{"name": "acme", "secret": GENERIC_SECRET}]},
     sign=generic_headers,
     solved=generic_event,
@@ -122,7 +142,77 @@ GENERIC = Helpdesk(
     retry_keeps_delivery=True,
 )
 
-HELPDESKS = [ZENDESK, GENERIC]
+# -- Freshdesk and ServiceNow: the shared trigger body ------------------------------------
+
+FRESHDESK_TOKEN = "fd-token-0123456789abcdef0123456789abcdef"
+SERVICENOW_SECRET = "sn-secret-0123456789abcdef0123456789abcdef"
+
+
+def trigger_event(status: str, customer: str, ticket: str, **change: str) -> bytes:
+    """The trigger body docs/adapters/ documents, as Freshdesk or our ServiceNow script send it."""
+    event = {
+        "ticket_id": ticket,
+        "status": status,
+        "updated_at": ago(120).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "requester_id": customer,
+        "assignee_id": "agent-12",
+        "tags": "billing,vip",
+        "via": "Portal",
+        "category": "Billing",
+        "product_area": "Storage",
+        "reopens": "1",
+        **change,
+    }
+    return json.dumps(event).encode()
+
+
+def without(key: str, body: bytes) -> tuple[bytes, str]:
+    event = json.loads(body)
+    del event[key]
+    return json.dumps(event).encode(), key
+
+
+FRESHDESK = Helpdesk(
+    name="freshdesk",
+    settings={"freshdesk": {"token": FRESHDESK_TOKEN}},
+    sign=lambda body, at, delivery: {freshdesk.TOKEN: FRESHDESK_TOKEN},
+    forge=lambda body, at, delivery: {freshdesk.TOKEN: FRESHDESK_TOKEN[:-1] + "X"},
+    solved=lambda c, t: trigger_event("Resolved", c, t),
+    solved_again=lambda c, t: trigger_event(
+        "Resolved", c, t, updated_at=ago(5).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ),
+    malformed=lambda c, t: without("assignee_id", trigger_event("Resolved", c, t)),
+    ignored=lambda c, t: trigger_event("Pending", c, t),
+    signs_body=False,
+    signs_time=False,
+)
+
+
+def servicenow_headers(secret: str) -> Callable[[bytes, datetime, str], dict[str, str]]:
+    def headers(body: bytes, at: datetime, delivery: str) -> dict[str, str]:
+        stamp = int(at.timestamp())
+        return {
+            servicenow.TIMESTAMP: str(stamp),
+            servicenow.SIGNATURE: servicenow.sign(secret, stamp, body),
+        }
+
+    return headers
+
+
+SERVICENOW = Helpdesk(
+    name="servicenow",
+    settings={"servicenow": {"secret": SERVICENOW_SECRET}},
+    sign=servicenow_headers(SERVICENOW_SECRET),
+    forge=servicenow_headers(SERVICENOW_SECRET[::-1]),
+    solved=lambda c, t: trigger_event("6", c, t),
+    solved_again=lambda c, t: trigger_event(
+        "6", c, t, updated_at=ago(5).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ),
+    malformed=lambda c, t: without("updated_at", trigger_event("6", c, t)),
+    ignored=lambda c, t: trigger_event("2", c, t),
+)
+
+HELPDESKS = [ZENDESK, GENERIC, FRESHDESK, SERVICENOW]
 
 
 @pytest.fixture(params=HELPDESKS, ids=lambda h: h.name)
@@ -210,18 +300,22 @@ def test_a_bad_or_missing_signature_is_401_and_nothing_reaches_the_service(
     before = size(server)
     body = helpdesk.solved(customer, "35439")
     headers = helpdesk.sign(body, now(), "msg_5")
-    altered = body.replace(b"35439", b"35440")
-    for sent, with_headers in (
-        (altered, headers),  # the body changed after signing
-        (body, {k: v for k, v in list(headers.items())[1:]}),  # a header missing
-        (body, helpdesk.sign(body + b" ", now(), "msg_5")),  # signed over other bytes
-    ):
+    assert helpdesk.forge is not None
+    attempts = [
+        (body, helpdesk.forge(body, now(), "msg_5")),  # a wrong secret or token
+        (body, dict(list(headers.items())[1:])),  # a header missing
+        (body, {}),  # nothing at all
+    ]
+    if helpdesk.signs_body:
+        attempts.append((body.replace(b"35439", b"35440"), headers))  # edited after signing
+    for sent, with_headers in attempts:
         reply = post(gateway, helpdesk, sent, with_headers)
         assert reply.status_code == 401, reply.text
         assert error_of(reply)["field"]
     assert size(server) == before
 
 
+@pytest.mark.parametrize("helpdesk", [h for h in HELPDESKS if h.signs_time], ids=lambda h: h.name)
 def test_a_stale_timestamp_is_401(
     helpdesk: Helpdesk, gateway: str, server: Running, customer: str
 ) -> None:
