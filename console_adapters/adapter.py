@@ -215,9 +215,11 @@ def snake(value: str) -> str:
     return "_".join(value.lower().replace("-", " ").split())
 
 
-def channel_of(name: str) -> int:
+def channel_of(name: str, default: int = pb.CHANNEL_UNSPECIFIED) -> int:
+    """The contract's channel for a helpdesk's channel name (UNSPECIFIED, which the service
+    refuses naming ticket.channel, when no word matches and no default is given)."""
     lowered = name.lower()
-    return next((channel for word, channel in _CHANNELS if word in lowered), 0)
+    return next((channel for word, channel in _CHANNELS if word in lowered), default)
 
 
 def _tags(event: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,15 @@ from starlette.staticfiles import StaticFiles
 from console_adapters.adapter import Adapter, Rejected, json_object, text, timestamp
 from console_adapters.freshdesk import FreshdeskAdapter
 from console_adapters.generic import GenericAdapter
+from console_adapters.intercom import (
+    IntercomAdapter,
+    card_canvas,
+    decline_canvas,
+    error_canvas,
+    recorded_canvas,
+    request_key,
+    verify_canvas,
+)
 from console_adapters.servicenow import ServiceNowAdapter
 from console_adapters.zendesk import ZendeskAdapter
 
@@ -105,6 +115,16 @@ class ServiceNowSettings(BaseModel):
     external_id_prefix: str = ""
 
 
+class IntercomSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the app's client secret (Developer Hub → your app → Basic information): it signs the
+    #: webhooks and the Canvas Kit requests
+    client_secret: SecretStr
+    #: put before contact ids to make the identity map's external id
+    external_id_prefix: str = ""
+
+
 class GenericSettings(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
@@ -136,6 +156,7 @@ class GatewaySettings(BaseSettings):
     data_dir: Path = Path("var")
     zendesk: ZendeskSettings | None = None
     freshdesk: FreshdeskSettings | None = None
+    intercom: IntercomSettings | None = None
     servicenow: ServiceNowSettings | None = None
     generic: list[GenericSettings] = Field(default_factory=list)
 
@@ -158,6 +179,11 @@ class GatewaySettings(BaseSettings):
             out["freshdesk"] = FreshdeskAdapter(
                 self.freshdesk.token.get_secret_value(),
                 external_id_prefix=self.freshdesk.external_id_prefix,
+            )
+        if self.intercom is not None:
+            out["intercom"] = IntercomAdapter(
+                self.intercom.client_secret.get_secret_value(),
+                external_id_prefix=self.intercom.external_id_prefix,
             )
         if self.servicenow is not None:
             out["servicenow"] = ServiceNowAdapter(
@@ -202,7 +228,7 @@ def outcome_token(key: bytes, decision_id: str) -> str:
 def create_app(settings: GatewaySettings) -> Starlette:
     """The gateway's ASGI app, with its adapters, key and gRPC channel made once."""
     adapters = settings.adapters()
-    key = settings.load_outcome_key()
+    key_bytes = settings.load_outcome_key()
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -223,7 +249,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         started = time.perf_counter()
         try:
             body = await _body(request, settings.max_body_bytes)
-            headers = {k.lower(): v for k, v in request.headers.items()}
+            headers = _lower(request.headers)
             adapter.verify(headers, body, datetime.now(UTC))
             event = adapter.parse(headers, body)
         except Rejected as exc:
@@ -232,10 +258,10 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if event.request is None:
             return JSONResponse({"ignored": event.ignored})
         answer = await _call(state["stub"].Decide, event.request, settings)
-        if isinstance(answer, JSONResponse):
-            return answer
+        if isinstance(answer, Failure):
+            return answer.response()
         document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
-        token = outcome_token(key, answer.decision_id)
+        token = outcome_token(key_bytes, answer.decision_id)
         document["outcome_token"] = token
         document["card_url"] = f"/card/{quote(answer.decision_id)}?" + urlencode(
             {"token": token, "agent": event.request.agent_id}
@@ -253,32 +279,103 @@ def create_app(settings: GatewaySettings) -> Starlette:
             body = json_object(await _body(request, settings.max_body_bytes))
             decision_id = text(body, "decision_id")
             given = text(body, "outcome_token")
-            if not hmac.compare_digest(outcome_token(key, decision_id), given):
+            if not hmac.compare_digest(outcome_token(key_bytes, decision_id), given):
                 raise Rejected(401, "outcome_token", "not the token of this decision")
             call = _outcome_request(body, decision_id)
         except Rejected as exc:
             return _error(exc.status, exc.field, exc.problem)
         answer = await _call(state["stub"].RecordOutcome, call, settings)
-        if isinstance(answer, JSONResponse):
-            return answer
+        if isinstance(answer, Failure):
+            return answer.response()
         return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
 
     async def decision(request: Request) -> JSONResponse:
         """One decision for the card page, to whoever holds its outcome token."""
         decision_id = request.path_params["decision_id"]
         if not hmac.compare_digest(
-            outcome_token(key, decision_id), request.query_params.get("token", "")
+            outcome_token(key_bytes, decision_id), request.query_params.get("token", "")
         ):
             return _error(401, "token", "not the token of this decision")
         answer = await _call(
             state["stub"].GetDecision, pb.GetDecisionRequest(decision_id=decision_id), settings
         )
-        if isinstance(answer, JSONResponse):
-            return answer
+        if isinstance(answer, Failure):
+            return answer.response()
         return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
 
     async def card(request: Request) -> FileResponse:
         return FileResponse(CARD_DIR / "card.html", media_type="text/html")
+
+    intercom = adapters.get("intercom")
+
+    async def canvas_request(request: Request) -> dict[str, Any]:
+        assert isinstance(intercom, IntercomAdapter)
+        body = await _body(request, settings.max_body_bytes)
+        verify_canvas(intercom.client_secret, _lower(request.headers), body)
+        return json_object(body)
+
+    async def canvas_initialize(request: Request) -> JSONResponse:
+        """Canvas Kit: the card of the conversation's latest close (never decides itself)."""
+        try:
+            payload = await canvas_request(request)
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        conversation = payload.get("conversation")
+        if not isinstance(conversation, dict) or conversation.get("state") != "closed":
+            return JSONResponse(card_canvas(None, ""))
+        try:
+            key = request_key(conversation)
+        except Rejected:
+            return JSONResponse(card_canvas(None, ""))
+        answer = await _call(
+            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+        )
+        if isinstance(answer, Failure):
+            if answer.status == 404:  # the webhook has not decided (yet)
+                return JSONResponse(card_canvas(None, ""))
+            return JSONResponse(error_canvas(answer.problem, {}))
+        document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        return JSONResponse(card_canvas(document, outcome_token(key_bytes, answer.decision_id)))
+
+    async def canvas_submit(request: Request) -> JSONResponse:
+        """Canvas Kit: Accept, Decline (ask the reason), Record decline."""
+        try:
+            payload = await canvas_request(request)
+            current = payload.get("current_canvas")
+            stored = current.get("stored_data") if isinstance(current, dict) else None
+            if not isinstance(stored, dict):
+                raise Rejected(400, "current_canvas.stored_data", "required")
+            decision_id = text(stored, "decision_id", path="current_canvas.stored_data.")
+            if not hmac.compare_digest(
+                outcome_token(key_bytes, decision_id), str(stored.get("token", ""))
+            ):
+                raise Rejected(401, "current_canvas.stored_data.token", "not this decision's")
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        component = payload.get("component_id")
+        if component == "decline":
+            return JSONResponse(decline_canvas(stored))
+        admin = payload.get("admin")
+        agent = str(admin.get("id", "")) if isinstance(admin, dict) else ""
+        inputs = payload.get("input_values")
+        reason = str(inputs.get("decline_reason", "")) if isinstance(inputs, dict) else ""
+        if component == "accept":
+            click = {"outcome": "accepted", "agent_id": agent}
+        elif component == "record_decline":
+            if not reason:
+                return JSONResponse(decline_canvas(stored))
+            click = {"outcome": "declined", "decline_reason": reason, "agent_id": agent}
+        else:
+            return _error(400, "component_id", f"unknown component {component!r}")
+        try:
+            call = _outcome_request(click, decision_id)
+        except Rejected as exc:
+            return JSONResponse(error_canvas(f"{exc.field}: {exc.problem}", stored))
+        answer = await _call(state["stub"].RecordOutcome, call, settings)
+        if isinstance(answer, Failure):
+            return JSONResponse(error_canvas(answer.problem, stored))
+        what = click["outcome"] + (f" ({reason.replace('_', ' ')})" if reason else "")
+        return JSONResponse(recorded_canvas(what, stored))
 
     async def health(request: Request) -> JSONResponse:
         try:
@@ -294,8 +391,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
             status_code=200 if ok else 503,
         )
 
+    canvas_routes = (
+        [
+            Route("/intercom/initialize", canvas_initialize, methods=["POST"]),
+            Route("/intercom/submit", canvas_submit, methods=["POST"]),
+        ]
+        if intercom is not None
+        else []
+    )
     return Starlette(
         routes=[
+            *canvas_routes,
             Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
             Route("/outcomes", outcome, methods=["POST"]),
             Route("/api/decisions/{decision_id}", decision, methods=["GET"]),
@@ -321,22 +427,36 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """The service's refusal, as the HTTP status, field and problem that stand for it."""
+
+    status: int
+    field: str
+    problem: str
+    retry_after: int | None = None  # set for 503: the helpdesk should try again
+
+    def response(self) -> JSONResponse:
+        response = _error(self.status, self.field, self.problem)
+        if self.retry_after is not None:
+            response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+
 async def _call(method: Any, request: Any, settings: GatewaySettings) -> Any:
-    """Call the service; its answer, or the HTTP error response that stands for its status."""
+    """Call the service; its answer, or the Failure that stands for its status."""
     try:
         return await method(request, timeout=settings.call_timeout_seconds)
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code(), exc.details() or ""
         if code in _RETRY:
             log.warning("service %s: %s (503, retry after)", code.name, details)
-            response = _error(503, "service", f"{code.name}: {details}")
-            response.headers["Retry-After"] = str(settings.retry_after_seconds)
-            return response
+            return Failure(503, "service", f"{code.name}: {details}", settings.retry_after_seconds)
         status = _HTTP_FOR.get(code, 502)
         field, _, problem = details.partition(": ")
         if status == 400 and problem:
-            return _error(400, field, problem)
-        return _error(status, "service", f"{code.name}: {details}")
+            return Failure(400, field, problem)
+        return Failure(status, "service", f"{code.name}: {details}")
 
 
 def _outcome_request(body: Mapping[str, Any], decision_id: str) -> pb.RecordOutcomeRequest:
@@ -354,6 +474,10 @@ def _outcome_request(body: Mapping[str, Any], decision_id: str) -> pb.RecordOutc
         agent_id=text(body, "agent_id"),
         occurred_at=timestamp(datetime.now(UTC)),
     )
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
 
 
 def _error(status: int, field: str, problem: str) -> JSONResponse:

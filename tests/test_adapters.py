@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import httpx
@@ -15,7 +16,7 @@ from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from test_server import treated_customers
 
-from console_adapters import freshdesk, generic, servicenow, zendesk
+from console_adapters import freshdesk, generic, intercom, servicenow, zendesk
 from console_adapters.adapter import Rejected
 from console_adapters.gateway import GatewaySettings
 from service.server import Running
@@ -212,7 +213,80 @@ SERVICENOW = Helpdesk(
     ignored=lambda c, t: trigger_event("2", c, t),
 )
 
-HELPDESKS = [ZENDESK, GENERIC, FRESHDESK, SERVICENOW]
+# -- Intercom: the notification envelope around a conversation ----------------------------
+
+INTERCOM_SECRET = "intercom-client-secret-for-tests"
+#: when the test conversations were closed (whole seconds, as Intercom sends them)
+CLOSED_AT = (datetime.now(UTC) - timedelta(minutes=10)).replace(microsecond=0)
+
+
+def intercom_conversation(customer: str, conversation: str, closed: datetime) -> dict[str, Any]:
+    """A closed conversation, shaped as Intercom's conversation model."""
+    return {
+        "type": "conversation",
+        "id": conversation,
+        "state": "closed",
+        "admin_assignee_id": 5017691,
+        "contacts": {
+            "type": "contact.list",
+            "contacts": [{"type": "contact", "id": customer.removeprefix("ic-")}],
+        },
+        "tags": {"type": "tag.list", "tags": [{"type": "tag", "id": "1", "name": "vip"}]},
+        "custom_attributes": {"category": "Billing", "product_area": "storage"},
+        "source": {"type": "conversation", "delivered_as": "customer_initiated"},
+        "statistics": {"type": "conversation_statistics", "last_close_at": int(closed.timestamp())},
+        "conversation_rating": {"rating": 5},
+    }
+
+
+def intercom_event(
+    customer: str,
+    conversation: str,
+    *,
+    topic: str = "conversation.admin.closed",
+    closed: datetime | None = None,
+) -> bytes:
+    return json.dumps(
+        {
+            "type": "notification_event",
+            "id": f"notif_{conversation}",
+            "topic": topic,
+            "app_id": "abc123",
+            "data": {
+                "type": "notification_event_data",
+                "item": intercom_conversation(customer, conversation, closed or CLOSED_AT),
+            },
+            "delivery_attempts": 1,
+            "created_at": int(now().timestamp()),
+        }
+    ).encode()
+
+
+def intercom_malformed(customer: str, conversation: str) -> tuple[bytes, str]:
+    event = json.loads(intercom_event(customer, conversation, closed=CLOSED_AT))
+    del event["data"]["item"]["contacts"]
+    return json.dumps(event).encode(), "conversation.contacts.contacts"
+
+
+INTERCOM = Helpdesk(
+    name="intercom",
+    settings={"intercom": {"client_secret": INTERCOM_SECRET, "external_id_prefix": "ic-"}},
+    sign=lambda body, at, delivery: {
+        intercom.WEBHOOK_SIGNATURE: intercom.sign_webhook(INTERCOM_SECRET, body)
+    },
+    forge=lambda body, at, delivery: {
+        intercom.WEBHOOK_SIGNATURE: intercom.sign_webhook("another app", body)
+    },
+    solved=lambda c, t: intercom_event(c, t, closed=CLOSED_AT),
+    solved_again=lambda c, t: intercom_event(c, t, closed=CLOSED_AT + timedelta(minutes=1)),
+    malformed=intercom_malformed,
+    ignored=lambda c, t: intercom_event(c, t, topic="conversation.user.replied"),
+    signs_time=False,
+)
+
+HELPDESKS = [ZENDESK, GENERIC, FRESHDESK, SERVICENOW, INTERCOM]
+#: helpdesks whose ids the simulated identity map knows (the others' customers are unknown)
+KNOWN = {"zendesk": "zendesk", "intercom": "intercom"}
 
 
 @pytest.fixture(params=HELPDESKS, ids=lambda h: h.name)
@@ -234,9 +308,11 @@ def gateway(helpdesk: Helpdesk, server: Running, settings: Settings) -> Iterator
 def customer(helpdesk: Helpdesk, world: World, settings: Settings) -> str:
     """A customer the helpdesk knows (the generic one's ids are unknown to the profile source:
     its decisions are reasoned no-offers, logged like any other)."""
-    if helpdesk.name == "zendesk":
-        return world.external_ids(treated_customers(world, settings)[0])["zendesk"]
-    return "acme-customer-1"
+    if helpdesk.name in KNOWN:
+        source = KNOWN[helpdesk.name]
+        ids = (world.external_ids(c) for c in treated_customers(world, settings))
+        return next(i[source] for i in ids if source in i)
+    return f"{helpdesk.name}-customer-1"
 
 
 def size(server: Running) -> int:
@@ -258,7 +334,7 @@ def test_a_solved_event_makes_one_logged_decision(
             pb.GetDecisionRequest(decision_id=decision["decision_id"])
         )
     assert stored.decision_id == decision["decision_id"]
-    if helpdesk.name == "zendesk":
+    if helpdesk.name in KNOWN:
         assert decision["kind"] in ("OFFER", "NO_OFFER")
         assert stored.no_offer_reason != pb.UNKNOWN_CUSTOMER  # the identity map knew them
     else:
@@ -466,3 +542,123 @@ def test_the_standard_webhooks_vector_passes() -> None:
     adapter.verify(headers, body, datetime.fromtimestamp(1614265330 + 60, UTC))
     with pytest.raises(Rejected):
         adapter.verify(headers, body + b" ", datetime.fromtimestamp(1614265330, UTC))
+
+
+# -- Intercom's Canvas Kit inbox app -------------------------------------------------------
+
+
+def canvas_post(
+    base: str, path: str, payload: dict[str, Any], secret: str = INTERCOM_SECRET
+) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    return httpx.post(
+        f"{base}/intercom/{path}",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            intercom.CANVAS_SIGNATURE: intercom.sign_canvas(secret, body),
+        },
+        timeout=10,
+    )
+
+
+def components(reply: httpx.Response) -> list[dict[str, Any]]:
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["canvas"]["content"]["components"])
+
+
+def texts(reply: httpx.Response) -> str:
+    return " | ".join(c.get("text", "") for c in components(reply))
+
+
+@pytest.mark.parametrize("helpdesk", [INTERCOM], ids=lambda h: h.name)
+def test_the_canvas_kit_app_shows_the_card_and_records_a_decline(
+    helpdesk: Helpdesk, gateway: str, server: Running, world: World, settings: Settings
+) -> None:
+    offer, conversation = None, None
+    ids = [world.external_ids(c) for c in treated_customers(world, settings)]
+    for i, external in enumerate([i["intercom"] for i in ids if "intercom" in i][:60]):
+        body = helpdesk.solved(external, f"conv{i}")
+        decision = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "")).json()
+        if decision["kind"] == "OFFER":
+            offer = decision
+            conversation = json.loads(body)["data"]["item"]
+            break
+    assert offer is not None and conversation is not None, "no offer in 60 closed conversations"
+    admin = {"type": "admin", "id": "5017691"}
+
+    shown = canvas_post(gateway, "initialize", {"conversation": conversation, "admin": admin})
+    assert offer["card"]["offer_name"] in texts(shown)
+    buttons = [c["id"] for c in components(shown) if c["type"] == "button"]
+    assert buttons == ["accept", "decline"]
+    stored = shown.json()["canvas"]["stored_data"]
+    assert stored["decision_id"] == offer["decision_id"]
+
+    before = server.desk.store.head()[0]
+    asked = canvas_post(
+        gateway,
+        "submit",
+        {"component_id": "decline", "current_canvas": {"stored_data": stored}, "admin": admin},
+    )
+    dropdown = next(c for c in components(asked) if c["type"] == "dropdown")
+    assert {o["id"] for o in dropdown["options"]} >= {"too_expensive", "not_interested"}
+    assert server.desk.store.head()[0] == before  # asking for the reason writes nothing
+
+    forged = {**stored, "decision_id": "d_" + "0" * 32}
+    refused = canvas_post(
+        gateway,
+        "submit",
+        {"component_id": "accept", "current_canvas": {"stored_data": forged}, "admin": admin},
+    )
+    assert refused.status_code == 401
+    recorded = canvas_post(
+        gateway,
+        "submit",
+        {
+            "component_id": "record_decline",
+            "current_canvas": {"stored_data": stored},
+            "input_values": {"decline_reason": "too_expensive"},
+            "admin": admin,
+        },
+    )
+    assert "Recorded: declined (too expensive)" in texts(recorded)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stored_decision = pb_grpc.OfferDeskStub(channel).GetDecision(
+            pb.GetDecisionRequest(decision_id=offer["decision_id"])
+        )
+    assert stored_decision.outcome == pb.DECLINED
+
+    again = canvas_post(gateway, "initialize", {"conversation": conversation, "admin": admin})
+    assert "Recorded: declined" in texts(again)
+    assert not [c for c in components(again) if c["type"] == "button"]
+
+
+@pytest.mark.parametrize("helpdesk", [INTERCOM], ids=lambda h: h.name)
+def test_the_canvas_kit_app_waits_for_the_close_and_refuses_unsigned_requests(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    before = server.desk.store.head()[0]
+    open_conversation = {**intercom_conversation(customer, "conv-open", CLOSED_AT), "state": "open"}
+    waiting = canvas_post(gateway, "initialize", {"conversation": open_conversation})
+    assert "once the conversation is closed" in texts(waiting)
+    undecided = intercom_conversation(customer, "conv-never-sent", CLOSED_AT)
+    assert "once the conversation is closed" in texts(
+        canvas_post(gateway, "initialize", {"conversation": undecided})
+    )
+    unsigned = canvas_post(gateway, "initialize", {"conversation": undecided}, secret="wrong")
+    assert unsigned.status_code == 401
+    assert error_of(unsigned)["field"] == intercom.CANVAS_SIGNATURE
+    assert server.desk.store.head()[0] == before  # the app never decides
+
+
+def test_the_intercom_signatures_match_the_reference_computation() -> None:
+    # ../shared/reference/helpdesks.md computed these for this secret and body.
+    body = b'{"type":"notification_event","id":"notif_1","topic":"conversation.admin.closed"}'
+    assert (
+        intercom.sign_webhook("test_client_secret", body)
+        == "sha1=8f79349321c3ad8e00566b5417eab5b19154f73a"
+    )
+    assert (
+        intercom.sign_canvas("test_client_secret", body)
+        == "a551fbaa513ec92281dfd9df30cd855de455bf63415503e527cfff3b748210fb"
+    )
