@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -58,6 +58,8 @@ from console_adapters.intercom import (
     request_key,
     verify_canvas,
 )
+from console_adapters.salesforce import ACK, SalesforceAdapter, recommendation
+from console_adapters.salesforce import request_key as salesforce_key
 from console_adapters.servicenow import ServiceNowAdapter
 from console_adapters.zendesk import ZendeskAdapter
 
@@ -125,6 +127,18 @@ class IntercomSettings(BaseModel):
     external_id_prefix: str = ""
 
 
+class SalesforceSettings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    #: the organisation id (15 or 18 characters) every Outbound Message must carry
+    organization_id: str = Field(pattern=r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
+    #: the secret last segment of the Outbound Message's URL (32+ random URL-safe characters)
+    path_secret: SecretStr
+    #: the bearer token of the Named Credential the Apex action and the feedback flow use
+    api_token: SecretStr
+    external_id_prefix: str = ""
+
+
 class GenericSettings(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
@@ -157,6 +171,7 @@ class GatewaySettings(BaseSettings):
     zendesk: ZendeskSettings | None = None
     freshdesk: FreshdeskSettings | None = None
     intercom: IntercomSettings | None = None
+    salesforce: SalesforceSettings | None = None
     servicenow: ServiceNowSettings | None = None
     generic: list[GenericSettings] = Field(default_factory=list)
 
@@ -195,6 +210,15 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"generic: {spec.name!r} is configured twice")
             out[spec.name] = GenericAdapter(spec.name, spec.secret.get_secret_value())
         return out
+
+    def salesforce_adapter(self) -> SalesforceAdapter | None:
+        if self.salesforce is None:
+            return None
+        return SalesforceAdapter(
+            self.salesforce.organization_id,
+            self.salesforce.path_secret.get_secret_value(),
+            external_id_prefix=self.salesforce.external_id_prefix,
+        )
 
     def load_outcome_key(self) -> bytes:
         if self.outcome_key is not None:
@@ -377,6 +401,76 @@ def create_app(settings: GatewaySettings) -> Starlette:
         what = click["outcome"] + (f" ({reason.replace('_', ' ')})" if reason else "")
         return JSONResponse(recorded_canvas(what, stored))
 
+    salesforce = settings.salesforce_adapter()
+    salesforce_token = (
+        settings.salesforce.api_token.get_secret_value().encode() if settings.salesforce else b""
+    )
+
+    async def outbound(request: Request) -> Response:
+        """Salesforce Outbound Message: the SOAP acknowledgement once every notification is
+        recorded; 503 (no acknowledgement, Salesforce retries) otherwise."""
+        assert salesforce is not None
+        try:
+            body = await _body(request, settings.max_body_bytes)
+            salesforce.verify_path(request.path_params["path"])
+            notifications = salesforce.parse(body)
+        except Rejected as exc:
+            log.info("salesforce outbound message refused (%d): %s", exc.status, exc)
+            return _error(exc.status, exc.field, exc.problem)
+        for notification in notifications:
+            if notification.request is None:
+                continue
+            answer = await _call(state["stub"].Decide, notification.request, settings)
+            if isinstance(answer, Failure):
+                return answer.response()
+        return Response(ACK, media_type="text/xml; charset=utf-8")
+
+    def api_caller(request: Request) -> None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(salesforce_token, given.encode()):
+            raise Rejected(401, "authorization", "not the Salesforce API token")
+
+    async def generate(request: Request) -> JSONResponse:
+        """For the Apex Generate action: the case's decision as Recommendation fields."""
+        try:
+            api_caller(request)
+            body = json_object(await _body(request, settings.max_body_bytes))
+            key = salesforce_key(text(body, "case_id"), text(body, "closed_date"))
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        answer = await _call(
+            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+        )
+        if isinstance(answer, Failure):
+            if answer.status == 404:
+                return JSONResponse({"offer": False, "message": "", "decision_id": ""})
+            return answer.response()
+        document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        return JSONResponse(recommendation(document, outcome_token(key_bytes, answer.decision_id)))
+
+    async def feedback(request: Request) -> JSONResponse:
+        """For the Accept flow (and the reaction of a Reject): ExternalId back, recorded."""
+        try:
+            api_caller(request)
+            body = json_object(await _body(request, settings.max_body_bytes))
+            decision_id, _, token = text(body, "external_id").partition(".")
+            if not hmac.compare_digest(outcome_token(key_bytes, decision_id), token):
+                raise Rejected(401, "external_id", "not a decision this gateway handed out")
+            reaction = text(body, "reaction").lower()
+            if reaction not in ("accepted", "rejected"):
+                raise Rejected(400, "reaction", "must be Accepted or Rejected")
+            click = {"outcome": "accepted", "agent_id": text(body, "agent_id")}
+            if reaction == "rejected":
+                reason = text(body, "decline_reason", required=False) or "other"
+                click = {**click, "outcome": "declined", "decline_reason": reason}
+            call = _outcome_request(click, decision_id)
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        answer = await _call(state["stub"].RecordOutcome, call, settings)
+        if isinstance(answer, Failure):
+            return answer.response()
+        return JSONResponse(json_format.MessageToDict(answer, preserving_proto_field_name=True))
+
     async def health(request: Request) -> JSONResponse:
         try:
             reply = await state["health"].Check(
@@ -387,7 +481,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
             service = f"unreachable ({exc.code().name})"
         ok = service == "SERVING"
         return JSONResponse(
-            {"gateway": "ok", "service": service, "adapters": sorted(adapters)},
+            {
+                "gateway": "ok",
+                "service": service,
+                "adapters": sorted([*adapters, *(["salesforce"] if salesforce else [])]),
+            },
             status_code=200 if ok else 503,
         )
 
@@ -399,9 +497,19 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if intercom is not None
         else []
     )
+    salesforce_routes = (
+        [
+            Route("/salesforce/outbound/{path}", outbound, methods=["POST"]),
+            Route("/salesforce/generate", generate, methods=["POST"]),
+            Route("/salesforce/feedback", feedback, methods=["POST"]),
+        ]
+        if salesforce is not None
+        else []
+    )
     return Starlette(
         routes=[
             *canvas_routes,
+            *salesforce_routes,
             Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
             Route("/outcomes", outcome, methods=["POST"]),
             Route("/api/decisions/{decision_id}", decision, methods=["GET"]),
