@@ -65,6 +65,11 @@ from console_adapters.zendesk import ZendeskAdapter
 
 log = logging.getLogger("offerdesk.gateway")
 
+#: helpdesks whose own apps may look a decision up (/lookup/<name>), authenticated as their
+#: webhooks are: a request their app can make (ServiceNow's script signs; Freshdesk's app
+#: sends the token from its secure settings). Zendesk and Intercom sign with secrets an
+#: agent-side app must not hold.
+LOOKUP = frozenset({"freshdesk", "servicenow"})
 #: the agent's card page: plain HTML, CSS and JS, served as they are (no build step)
 CARD_DIR = Path(__file__).resolve().parent / "card"
 
@@ -284,12 +289,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         answer = await _call(state["stub"].Decide, event.request, settings)
         if isinstance(answer, Failure):
             return answer.response()
-        document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
-        token = outcome_token(key_bytes, answer.decision_id)
-        document["outcome_token"] = token
-        document["card_url"] = f"/card/{quote(answer.decision_id)}?" + urlencode(
-            {"token": token, "agent": event.request.agent_id}
-        )
+        document = shown(answer, event.request.agent_id)
         log.info(
             "%s webhook → decision %s in %.1f ms",
             helpdesk,
@@ -297,6 +297,41 @@ def create_app(settings: GatewaySettings) -> Starlette:
             (time.perf_counter() - started) * 1e3,
         )
         return JSONResponse(document)
+
+    def shown(answer: pb.DecideResponse, agent_id: str) -> dict[str, Any]:
+        """A decision as the helpdesk gets it: with its outcome token and card URL."""
+        document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+        token = outcome_token(key_bytes, answer.decision_id)
+        document["outcome_token"] = token
+        document["card_url"] = f"/card/{quote(answer.decision_id)}?" + urlencode(
+            {"token": token, "agent": agent_id}
+        )
+        return document
+
+    async def lookup(request: Request) -> JSONResponse:
+        """For a helpdesk-side app (ServiceNow's Recommended Actions script, a sidebar): the
+        decision of a ticket's latest solve, by the webhook's own request key, authenticated
+        as the helpdesk's webhooks are. It never decides."""
+        helpdesk = request.path_params["helpdesk"]
+        adapter = adapters.get(helpdesk)
+        if adapter is None or helpdesk not in LOOKUP:
+            return _error(404, "helpdesk", f"no lookup for {helpdesk!r}")
+        try:
+            body = await _body(request, settings.max_body_bytes)
+            adapter.verify(_lower(request.headers), body, datetime.now(UTC))
+            query = json_object(body)
+            key = f"{helpdesk}:{text(query, 'ticket_id')}:{text(query, 'updated_at')}"
+            agent = text(query, "agent_id", required=False)
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        answer = await _call(
+            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+        )
+        if isinstance(answer, Failure):
+            if answer.status == 404:
+                return JSONResponse({"decision": None}, status_code=404)
+            return answer.response()
+        return JSONResponse({"decision": shown(answer, agent)})
 
     async def outcome(request: Request) -> JSONResponse:
         try:
@@ -512,6 +547,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             *salesforce_routes,
             Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
             Route("/outcomes", outcome, methods=["POST"]),
+            Route("/lookup/{helpdesk}", lookup, methods=["POST"]),
             Route("/api/decisions/{decision_id}", decision, methods=["GET"]),
             Mount("/card/static", StaticFiles(directory=CARD_DIR), name="card-static"),
             Route("/card/{decision_id}", card, methods=["GET"]),

@@ -662,3 +662,41 @@ def test_the_intercom_signatures_match_the_reference_computation() -> None:
         intercom.sign_canvas("test_client_secret", body)
         == "a551fbaa513ec92281dfd9df30cd855de455bf63415503e527cfff3b748210fb"
     )
+
+
+@pytest.mark.parametrize("helpdesk", [FRESHDESK, SERVICENOW], ids=lambda h: h.name)
+def test_a_helpdesk_side_app_looks_the_decision_up_and_never_decides(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    body = helpdesk.solved(customer, "35450")
+    decided = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_20")).json()
+    event = json.loads(body)
+    logged = size(server)
+
+    def lookup(query: dict[str, str], headers: dict[str, str] | None = None) -> httpx.Response:
+        raw = json.dumps(query).encode()
+        return httpx.post(
+            f"{gateway}/lookup/{helpdesk.name}",
+            content=raw,
+            headers=helpdesk.sign(raw, now(), "lookup") if headers is None else headers,
+            timeout=10,
+        )
+
+    query = {"ticket_id": "35450", "updated_at": event["updated_at"], "agent_id": "agent-12"}
+    found = lookup(query)
+    assert found.status_code == 200, found.text
+    decision = found.json()["decision"]
+    assert decision["decision_id"] == decided["decision_id"]
+    assert decision["outcome_token"] == decided["outcome_token"]
+    missing = lookup({**query, "ticket_id": "never-solved"})
+    assert missing.status_code == 404 and missing.json() == {"decision": None}
+    assert helpdesk.forge is not None
+    raw = json.dumps(query).encode()
+    assert lookup(query, helpdesk.forge(raw, now(), "lookup")).status_code == 401
+    assert size(server) == logged
+
+
+@pytest.mark.parametrize("helpdesk", [ZENDESK], ids=lambda h: h.name)
+def test_helpdesks_whose_secrets_cannot_sit_in_an_app_have_no_lookup(gateway: str) -> None:
+    reply = httpx.post(f"{gateway}/lookup/zendesk", json={"ticket_id": "1", "updated_at": "x"})
+    assert reply.status_code == 404

@@ -5,15 +5,18 @@
  *   X-Offerdesk-Timestamp: Unix seconds
  *   X-Offerdesk-Signature: base64(HMAC-SHA256(secret, timestamp + "." + body))
  * System properties:
- *   x_offerdesk.gateway_url   https://offers.example.com/webhooks/servicenow
+ *   x_offerdesk.gateway       https://offers.example.com (the gateway, behind TLS)
  *   x_offerdesk.secret        the signing secret (type password2), the same as the gateway's
+ * send(incident): the resolved incident → a decision (POST /webhooks/servicenow).
+ * recommend(incident): that decision, for a Recommended Actions script resource generator
+ * (POST /lookup/servicenow); null when there is none.
  * Install steps: docs/adapters/servicenow.md. Not run against a live instance by our tests:
  * the tests check the gateway against the same signing recipe in Python.
  */
 var OfferdeskClient = Class.create();
 OfferdeskClient.prototype = {
     initialize: function () {
-        this.url = gs.getProperty('x_offerdesk.gateway_url');
+        this.gateway = gs.getProperty('x_offerdesk.gateway');
         this.secret = gs.getProperty('x_offerdesk.secret');
         this.attempts = 3;
     },
@@ -41,21 +44,39 @@ OfferdeskClient.prototype = {
             GlideStringUtil.base64Encode(this.secret), 'HmacSHA256', stamp + '.' + body);
     },
 
+    post: function (path, body) {
+        var stamp = String(Math.floor(new GlideDateTime().getNumericValue() / 1000));
+        var request = new sn_ws.RESTMessageV2();
+        request.setEndpoint(this.gateway + path);
+        request.setHttpMethod('POST');
+        request.setRequestHeader('Content-Type', 'application/json');
+        request.setRequestHeader('X-Offerdesk-Timestamp', stamp);
+        request.setRequestHeader('X-Offerdesk-Signature', this.sign(stamp, body));
+        request.setRequestBody(body);
+        request.setHttpTimeout(10000);
+        return request.execute();
+    },
+
+    // The decision of the incident's latest resolve (never decides): its card, outcome token
+    // and card URL, or null. The agent's Accept/Decline goes to /outcomes with that token.
+    recommend: function (incident) {
+        var response = this.post('/lookup/servicenow', JSON.stringify({
+            ticket_id: incident.getUniqueValue(),
+            updated_at: incident.getValue('sys_updated_on').replace(' ', 'T') + 'Z',
+            agent_id: gs.getUserID()
+        }));
+        if (response.getStatusCode() != 200) {
+            return null;
+        }
+        return JSON.parse(response.getBody()).decision;
+    },
+
     // Send the incident; retry 429 and 5xx (the decision was not recorded) with the same
     // body, which maps to the same request key, so a retry never makes a second decision.
     send: function (incident) {
         var body = this.body(incident);
         for (var attempt = 1; attempt <= this.attempts; attempt++) {
-            var stamp = String(Math.floor(new GlideDateTime().getNumericValue() / 1000));
-            var request = new sn_ws.RESTMessageV2();
-            request.setEndpoint(this.url);
-            request.setHttpMethod('POST');
-            request.setRequestHeader('Content-Type', 'application/json');
-            request.setRequestHeader('X-Offerdesk-Timestamp', stamp);
-            request.setRequestHeader('X-Offerdesk-Signature', this.sign(stamp, body));
-            request.setRequestBody(body);
-            request.setHttpTimeout(10000);
-            var response = request.execute();
+            var response = this.post('/webhooks/servicenow', body);
             var status = response.getStatusCode();
             if (status >= 200 && status < 300) {
                 return JSON.parse(response.getBody());
