@@ -55,9 +55,9 @@ from console_adapters.intercom import (
     decline_canvas,
     error_canvas,
     recorded_canvas,
-    request_key,
     verify_canvas,
 )
+from console_adapters.intercom import request_key as intercom_key
 from console_adapters.salesforce import ACK, SalesforceAdapter, recommendation
 from console_adapters.salesforce import request_key as salesforce_key
 from console_adapters.servicenow import ServiceNowAdapter
@@ -237,7 +237,10 @@ class GatewaySettings(BaseSettings):
 
 
 def load(config: Path | None = None, **overrides: Any) -> GatewaySettings:
-    """Settings: explicit overrides > OFFERDESK_GATEWAY_* environment > YAML file > defaults."""
+    """Settings: explicit overrides > OFFERDESK_GATEWAY_* environment > YAML file > defaults.
+
+    The same precedence as service.settings.load_settings, written again on purpose: the
+    gateway imports nothing of the service (it may run on another host)."""
     values: dict[str, Any] = {}
     if config is not None:
         loaded = yaml.safe_load(config.read_text()) or {}
@@ -383,7 +386,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if not isinstance(conversation, dict) or conversation.get("state") != "closed":
             return JSONResponse(card_canvas(None, ""))
         try:
-            key = request_key(conversation)
+            key = intercom_key(conversation)
         except Rejected:
             return JSONResponse(card_canvas(None, ""))
         answer = await _call(
