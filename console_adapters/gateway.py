@@ -67,8 +67,8 @@ log = logging.getLogger("offerdesk.gateway")
 
 #: helpdesks whose own apps may look a decision up (/lookup/<name>), authenticated as their
 #: webhooks are: a request their app can make (ServiceNow's script signs; Freshdesk's app
-#: sends the token from its secure settings). Zendesk and Intercom sign with secrets an
-#: agent-side app must not hold.
+#: sends the token from its secure settings). Zendesk's sidebar uses its own app token
+#: (zendesk.app_token) instead: its webhooks are signed with a secret no app should hold.
 LOOKUP = frozenset({"freshdesk", "servicenow"})
 #: the agent's card page: plain HTML, CSS and JS, served as they are (no build step)
 CARD_DIR = Path(__file__).resolve().parent / "card"
@@ -104,6 +104,9 @@ class ZendeskSettings(BaseModel):
     signing_secret: SecretStr
     #: put before requester ids to make the identity map's external id (e.g. "zd-")
     external_id_prefix: str = ""
+    #: the sidebar app's token (a secure app setting Zendesk's proxy adds as a bearer token
+    #: to /lookup/zendesk; 32+ characters); unset: no sidebar lookups
+    app_token: SecretStr | None = None
 
 
 class FreshdeskSettings(BaseModel):
@@ -311,24 +314,36 @@ def create_app(settings: GatewaySettings) -> Starlette:
         )
         return document
 
+    lookup_tokens = (
+        {"zendesk": settings.zendesk.app_token.get_secret_value().encode()}
+        if settings.zendesk is not None and settings.zendesk.app_token is not None
+        else {}
+    )
+
     async def lookup(request: Request) -> JSONResponse:
         """For a helpdesk-side app (ServiceNow's Recommended Actions script, a sidebar): the
-        decision of a ticket's latest solve, by the webhook's own request key, authenticated
-        as the helpdesk's webhooks are. It never decides."""
+        latest decision for a ticket, authenticated as the helpdesk's webhooks are, or by the
+        sidebar app's token that the helpdesk's proxy adds (Zendesk). It never decides."""
         helpdesk = request.path_params["helpdesk"]
         adapter = adapters.get(helpdesk)
-        if adapter is None or helpdesk not in LOOKUP:
+        app_token = lookup_tokens.get(helpdesk)
+        if adapter is None or (helpdesk not in LOOKUP and app_token is None):
             return _error(404, "helpdesk", f"no lookup for {helpdesk!r}")
         try:
             body = await _body(request, settings.max_body_bytes)
-            adapter.verify(_lower(request.headers), body, datetime.now(UTC))
+            if app_token is not None:  # a sidebar app's token, added by the helpdesk's proxy
+                given = request.headers.get("authorization", "").removeprefix("Bearer ")
+                if not hmac.compare_digest(app_token, given.strip().encode()):
+                    raise Rejected(401, "authorization", f"not the {helpdesk} app's token")
+            else:
+                adapter.verify(_lower(request.headers), body, datetime.now(UTC))
             query = json_object(body)
-            key = f"{helpdesk}:{text(query, 'ticket_id')}:{text(query, 'updated_at')}"
+            ticket = pb.TicketRef(helpdesk=helpdesk, ticket_id=text(query, "ticket_id"))
             agent = text(query, "agent_id", required=False)
         except Rejected as exc:
             return _error(exc.status, exc.field, exc.problem)
         answer = await _call(
-            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+            state["stub"].GetDecision, pb.GetDecisionRequest(ticket=ticket), settings
         )
         if isinstance(answer, Failure):
             if answer.status == 404:

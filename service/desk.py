@@ -89,6 +89,7 @@ class Desk:
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._index_lock = threading.Lock()
         self._by_key: dict[str, str] = {}  # request-key hash → decision id
+        self._by_ticket: dict[str, str] = {}  # ticket hash → its latest decision id
         self._decisions: dict[str, _DecisionIndex] = {}
         self._outcomes: dict[str, int] = {}  # decision id → seq of its outcome
         self._conversions: dict[str, tuple[str, int]] = {}  # txn hash → (payload hash, seq)
@@ -122,6 +123,7 @@ class Desk:
         if r.kind == "decision":
             did = body["decision_id"]
             self._by_key[body["request_key_hash"]] = did
+            self._by_ticket[body["ticket_hash"]] = did  # records come in seq order: latest wins
             self._decisions[did] = _DecisionIndex(
                 r.seq,
                 r.subject,
@@ -275,9 +277,7 @@ class Desk:
                 "request_key_hash": key_hash,
                 "payload_hash": cmd.payload_hash,
                 "helpdesk": cmd.helpdesk,
-                "ticket_hash": keyed_hash(
-                    self._hash_key, f"{cmd.helpdesk}:{cmd.ticket_id}", domain="ticket"
-                ),
+                "ticket_hash": self._ticket_hash(cmd.helpdesk, cmd.ticket_id),
                 "resolved_at": encode_time(cmd.resolved_at),
                 "agent_id": cmd.agent_id,
                 "locale": cmd.locale,
@@ -425,9 +425,10 @@ class Desk:
                 dropped = {d for d, e in self._decisions.items() if e.seq in gone}
                 for did in dropped:
                     del self._decisions[did]
-                for key, did in list(self._by_key.items()):
-                    if did in dropped:
-                        del self._by_key[key]
+                for index in (self._by_key, self._by_ticket):
+                    for key, did in list(index.items()):
+                        if did in dropped:
+                            del index[key]
                 for did, seq in list(self._outcomes.items()):
                     if seq in gone or did in dropped:
                         del self._outcomes[did]
@@ -435,8 +436,21 @@ class Desk:
 
     # -- GetDecision and friends -----------------------------------------------------------
     def find_decision(
-        self, *, decision_id: str | None = None, request_key: str | None = None
+        self,
+        *,
+        decision_id: str | None = None,
+        request_key: str | None = None,
+        ticket: tuple[str, str] | None = None,
     ) -> StoredRecord:
+        if ticket is not None:
+            helpdesk, ticket_id = ticket
+            if not helpdesk:
+                raise InvalidArgument("ticket.helpdesk", "required")
+            if not ticket_id:
+                raise InvalidArgument("ticket.ticket_id", "required")
+            decision_id = self._by_ticket.get(self._ticket_hash(helpdesk, ticket_id))
+            if decision_id is None:
+                raise NotFound("ticket: no decision for this ticket")
         if request_key is not None:
             decision_id = self._by_key.get(
                 keyed_hash(self._hash_key, request_key, domain="request_key")
@@ -481,6 +495,10 @@ class Desk:
         except Exception as e:
             log.error("audit write failed: %s", e)
             raise Unavailable(f"audit log write failed; nothing was recorded: {e}") from None
+
+    def _ticket_hash(self, helpdesk: str, ticket_id: str) -> str:
+        """A ticket as the log keeps it: a keyed hash of the helpdesk and its ticket id."""
+        return keyed_hash(self._hash_key, f"{helpdesk}:{ticket_id}", domain="ticket")
 
     def _get(self, seq: int) -> StoredRecord:
         r = self.store.get(seq)

@@ -213,8 +213,12 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                 record = self.desk.find_decision(decision_id=request.decision_id)
             elif which == "request_key":
                 record = self.desk.find_decision(request_key=request.request_key)
+            elif which == "ticket":
+                record = self.desk.find_decision(
+                    ticket=(request.ticket.helpdesk, request.ticket.ticket_id)
+                )
             else:
-                raise InvalidArgument("key", "set decision_id or request_key")
+                raise InvalidArgument("key", "set decision_id, request_key or ticket")
             body = record.body
             return decision_response(record.seq, body, self.desk.outcome_of(body["decision_id"]))
 

@@ -66,9 +66,15 @@ def running_gateway(settings: GatewaySettings) -> Iterator[str]:
     """The gateway under uvicorn on a free loopback port; yields its base URL."""
     port = free_port()
     settings = settings.model_copy(update={"listen": f"127.0.0.1:{port}"})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    with serving(create_app(settings), port) as base:
+        yield base
+
+
+@contextmanager
+def serving(app: Any, port: int | None = None) -> Iterator[str]:
+    """An ASGI app under uvicorn on loopback (a free port unless given); yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -104,4 +110,13 @@ def error_of(response: httpx.Response) -> dict[str, str]:
     return dict(json.loads(response.content)["error"])
 
 
-__all__ = ["Helpdesk", "ago", "error_of", "free_port", "now", "post", "running_gateway"]
+__all__ = [
+    "Helpdesk",
+    "ago",
+    "error_of",
+    "free_port",
+    "now",
+    "post",
+    "running_gateway",
+    "serving",
+]

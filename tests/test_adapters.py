@@ -671,7 +671,6 @@ def test_a_helpdesk_side_app_looks_the_decision_up_and_never_decides(
     body = helpdesk.solved(customer, "35450")
     decided = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_20")).json()
     event = json.loads(body)
-    logged = size(server)
 
     def lookup(query: dict[str, str], headers: dict[str, str] | None = None) -> httpx.Response:
         raw = json.dumps(query).encode()
@@ -682,12 +681,20 @@ def test_a_helpdesk_side_app_looks_the_decision_up_and_never_decides(
             timeout=10,
         )
 
-    query = {"ticket_id": "35450", "updated_at": event["updated_at"], "agent_id": "agent-12"}
+    assert event["ticket_id"] == "35450"
+    query = {"ticket_id": "35450", "agent_id": "agent-12"}
     found = lookup(query)
     assert found.status_code == 200, found.text
     decision = found.json()["decision"]
     assert decision["decision_id"] == decided["decision_id"]
     assert decision["outcome_token"] == decided["outcome_token"]
+    assert "agent=agent-12" in decision["card_url"]
+    # Solved again after reopening: the lookup follows the latest solve.
+    again = helpdesk.solved_again(customer, "35450")
+    latest = post(gateway, helpdesk, again, helpdesk.sign(again, now(), "msg_21")).json()
+    assert latest["decision_id"] != decided["decision_id"]
+    assert lookup(query).json()["decision"]["decision_id"] == latest["decision_id"]
+    logged = size(server)
     missing = lookup({**query, "ticket_id": "never-solved"})
     assert missing.status_code == 404 and missing.json() == {"decision": None}
     assert helpdesk.forge is not None
@@ -700,3 +707,51 @@ def test_a_helpdesk_side_app_looks_the_decision_up_and_never_decides(
 def test_helpdesks_whose_secrets_cannot_sit_in_an_app_have_no_lookup(gateway: str) -> None:
     reply = httpx.post(f"{gateway}/lookup/zendesk", json={"ticket_id": "1", "updated_at": "x"})
     assert reply.status_code == 404
+
+
+ZENDESK_APP_TOKEN = "zendesk-app-token-0123456789abcdef0123"
+ZENDESK_SIDEBAR = Helpdesk(
+    **{
+        **ZENDESK.__dict__,
+        "settings": {"zendesk": {**ZENDESK.settings["zendesk"], "app_token": ZENDESK_APP_TOKEN}},
+    }
+)
+
+
+@pytest.mark.parametrize("helpdesk", [ZENDESK_SIDEBAR], ids=["zendesk-sidebar"])
+def test_the_zendesk_sidebar_looks_up_the_ticket_with_its_app_token(
+    helpdesk: Helpdesk, gateway: str, server: Running, customer: str
+) -> None:
+    body = helpdesk.solved(customer, "35460")
+    decided = post(gateway, helpdesk, body, helpdesk.sign(body, now(), "msg_30")).json()
+
+    def lookup(token: str) -> httpx.Response:
+        return httpx.post(
+            f"{gateway}/lookup/zendesk",
+            json={"ticket_id": "35460", "agent_id": "381944"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+
+    found = lookup(ZENDESK_APP_TOKEN)
+    assert found.status_code == 200, found.text
+    assert found.json()["decision"]["decision_id"] == decided["decision_id"]
+    refused = lookup(ZENDESK_APP_TOKEN[:-1] + "x")
+    assert refused.status_code == 401 and error_of(refused)["field"] == "authorization"
+
+
+def test_get_decision_by_ticket_names_a_missing_field(server: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.OfferDeskStub(channel)
+        for ticket, field in (
+            (pb.TicketRef(ticket_id="1"), "ticket.helpdesk"),
+            (pb.TicketRef(helpdesk="zendesk"), "ticket.ticket_id"),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetDecision(pb.GetDecisionRequest(ticket=ticket))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.details().startswith(field)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.GetDecision(
+                pb.GetDecisionRequest(ticket=pb.TicketRef(helpdesk="zendesk", ticket_id="none"))
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from adapter_kit import now, post, running_gateway
+from adapter_kit import now, post, running_gateway, serving
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from selenium import webdriver
@@ -23,7 +23,11 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
-from test_adapters import ZENDESK, gateway_settings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from test_adapters import ZENDESK, ZENDESK_APP_TOKEN, ZENDESK_SIDEBAR, gateway_settings
 from test_server import treated_customers
 
 from service.server import Running
@@ -77,12 +81,20 @@ def solved(gateway: str, external_id: str, ticket: str) -> dict[str, str]:
     return dict(reply.json())
 
 
-def first(gateway: str, world: World, settings: Settings, kind: str) -> dict[str, str]:
+def first_on_ticket(
+    gateway: str, world: World, settings: Settings, kind: str
+) -> tuple[dict[str, str], str]:
+    """The first decision of ``kind`` over solved tickets, and its ticket id."""
     for i, cid in enumerate(treated_customers(world, settings)[:80]):
-        decision = solved(gateway, world.external_ids(cid)["zendesk"], f"7{i:04d}")
+        ticket = f"7{i:04d}"
+        decision = solved(gateway, world.external_ids(cid)["zendesk"], ticket)
         if decision["kind"] == kind:
-            return decision
+            return decision, ticket
     raise AssertionError(f"no {kind} in 80 solved tickets")
+
+
+def first(gateway: str, world: World, settings: Settings, kind: str) -> dict[str, str]:
+    return first_on_ticket(gateway, world, settings, kind)[0]
 
 
 def wait(driver: webdriver.Chrome, element_id: str) -> None:
@@ -173,3 +185,102 @@ def test_a_card_with_a_wrong_token_shows_the_error_state_and_records_nothing(
     assert server.desk.store.head()[0] == size
     api = httpx.get(f"{gateway}/api/decisions/{offer['decision_id']}", params={"token": "x"})
     assert api.status_code == 401 and json.loads(api.content)["error"]["field"] == "token"
+
+
+# -- The Zendesk sidebar app (console_adapters/zendesk_app/) in the same browser -------------
+# Zendesk's side cannot run here: the Apps framework SDK and the proxy that adds the secure
+# app token are stood in for by a stub client and a small proxy route, as Zendesk documents
+# them (client.metadata/get/request/invoke/on; `secure: true` requests made server-side with
+# {{setting.app_token}} filled in). The app's own page and the gateway are the real ones.
+
+ZENDESK_APP = Path(__file__).resolve().parent.parent / "console_adapters" / "zendesk_app"
+ZAF_SDK = "https://static.zdassets.com/zendesk_app_framework_sdk/2.0/zaf_sdk.min.js"
+STUB = """
+window.ZAFClient = { init: function () { return {
+  metadata: function () { return Promise.resolve({ settings: { gateway_url: %(gateway)s } }); },
+  get: function () {
+    return Promise.resolve({ "ticket.id": %(ticket)s, "currentUser.id": %(agent)s });
+  },
+  request: function (options) {
+    return fetch("/proxy", { method: "POST", headers: { "content-type": "application/json" },
+                             body: JSON.stringify(options) })
+      .then(function (r) { return r.json().then(function (body) {
+        if (!r.ok) { throw { status: r.status, responseJSON: body }; }
+        return body;
+      }); });
+  },
+  invoke: function () { return Promise.resolve(); },
+  on: function () {}
+}; } };
+"""
+
+
+def zendesk_host(gateway: str, ticket: str, app_token: str) -> Starlette:
+    async def page(request: Request) -> HTMLResponse:
+        html = (ZENDESK_APP / "assets" / "iframe.html").read_text()
+        assert ZAF_SDK in html
+        return HTMLResponse(html.replace(ZAF_SDK, "/stub.js"))
+
+    async def stub(request: Request) -> Response:
+        values = {
+            "gateway": json.dumps(gateway),
+            "ticket": json.dumps(int(ticket)),
+            "agent": "381944",
+        }
+        return Response(STUB % values, media_type="text/javascript")
+
+    async def proxy(request: Request) -> Response:
+        options = await request.json()
+        assert options["secure"] is True  # the token is only ever added here, server-side
+        headers = {
+            k: v.replace("{{setting.app_token}}", app_token) for k, v in options["headers"].items()
+        }
+        headers["content-type"] = options["contentType"]
+        reply = httpx.request(
+            options["type"], options["url"], content=options["data"], headers=headers
+        )
+        return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/assets/iframe.html", page),
+            Route("/stub.js", stub),
+            Route("/proxy", proxy, methods=["POST"]),
+        ]
+    )
+
+
+@pytest.fixture
+def sidebar_gateway(server: Running, settings: Settings) -> Iterator[str]:
+    with running_gateway(
+        gateway_settings(ZENDESK_SIDEBAR, f"127.0.0.1:{server.port}", settings)
+    ) as base:
+        yield base
+
+
+def test_the_zendesk_sidebar_app_shows_the_ticket_card(
+    browser: webdriver.Chrome, sidebar_gateway: str, world: World, settings: Settings
+) -> None:
+    manifest = json.loads((ZENDESK_APP / "manifest.json").read_text())
+    assert manifest["location"]["support"]["ticket_sidebar"]["url"] == "assets/iframe.html"
+    assert {p["name"]: p.get("secure", False) for p in manifest["parameters"]} == {
+        "gateway_url": False,
+        "app_token": True,
+    }
+    offer, ticket = first_on_ticket(sidebar_gateway, world, settings, "OFFER")
+    with serving(zendesk_host(sidebar_gateway, ticket, ZENDESK_APP_TOKEN)) as host:
+        browser.get(f"{host}/assets/iframe.html")
+        wait(browser, "card")
+        assert not browser.find_element(By.ID, "status").is_displayed()
+        browser.switch_to.frame(browser.find_element(By.ID, "card"))
+        try:
+            wait(browser, "offer")
+            assert browser.find_element(By.ID, "offer-name").text == offer["card"]["offer_name"]  # type: ignore[index]
+            shot(browser, "zendesk-sidebar")
+        finally:
+            browser.switch_to.default_content()
+    with serving(zendesk_host(sidebar_gateway, "99999", ZENDESK_APP_TOKEN)) as host:
+        browser.get(f"{host}/assets/iframe.html")
+        WebDriverWait(browser, 10).until(
+            ec.text_to_be_present_in_element((By.ID, "status"), "No offer for this ticket yet")
+        )

@@ -57,12 +57,11 @@ OfferdeskClient.prototype = {
         return request.execute();
     },
 
-    // The decision of the incident's latest resolve (never decides): its card, outcome token
-    // and card URL, or null. The agent's Accept/Decline goes to /outcomes with that token.
+    // The incident's latest decision (never decides): its card, outcome token and card URL,
+    // or null. The agent's Accept/Decline goes to /outcomes with that token.
     recommend: function (incident) {
         var response = this.post('/lookup/servicenow', JSON.stringify({
             ticket_id: incident.getUniqueValue(),
-            updated_at: incident.getValue('sys_updated_on').replace(' ', 'T') + 'Z',
             agent_id: gs.getUserID()
         }));
         if (response.getStatusCode() != 200) {
