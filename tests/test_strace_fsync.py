@@ -46,7 +46,7 @@ class Syscall:
     result: str
 
 
-_LINE = re.compile(r"^(\d+) (\d\d:\d\d:\d\d\.\d+) (.*)$")
+_LINE = re.compile(r"^(\d+)\s+(\d\d:\d\d:\d\d\.\d+) (.*)$")  # strace pads short pids
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 _ENTRY = re.compile(r"^(\w+)\((.*)$")
 _FD_PATH = re.compile(r"^(\d+)<((?:\\x[0-9a-f]{2})+)>")
