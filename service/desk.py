@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,13 @@ from service.arbitration import holdout_bucket, seed_from
 from service.catalog import Catalog
 from service.decide import DecisionInputs, decide
 from service.erasure import ErasureResult
-from service.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from service.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from service.features import customer_view
 from service.profiles import ProfileSource
 from service.ranker import Models
@@ -190,7 +196,20 @@ class Desk:
         return True
 
     # -- Decide -----------------------------------------------------------------------------
-    def decide(self, cmd: DecideCommand, *, now: datetime, trace_id: str) -> Committed:
+    def decide(
+        self,
+        cmd: DecideCommand,
+        *,
+        now: datetime,
+        trace_id: str,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> Committed:
+        """Decide once per request key (a retry answers with the logged decision).
+
+        ``wanted`` is asked just before the decision is written: False (the caller's deadline
+        passed) raises DeadlineExceeded and nothing is written to the log (a pseudonym made
+        for a new customer stays in the vault, unused until their next decision).
+        """
         key_hash = keyed_hash(self._hash_key, cmd.request_key, domain="request_key")
         mine: Future[Committed] | None = None
         waiting: Future[Committed] | None = None
@@ -211,7 +230,7 @@ class Desk:
             assert existing is not None
             return existing
         try:
-            record = self._decide_new(cmd, key_hash, now, trace_id)
+            record = self._decide_new(cmd, key_hash, now, trace_id, wanted)
         except BaseException as e:
             with self._index_lock:
                 del self._inflight[key_hash]
@@ -232,7 +251,12 @@ class Desk:
         return Committed.read(self._get(entry.seq))
 
     def _decide_new(
-        self, cmd: DecideCommand, key_hash: str, now: datetime, trace_id: str
+        self,
+        cmd: DecideCommand,
+        key_hash: str,
+        now: datetime,
+        trace_id: str,
+        wanted: Callable[[], bool],
     ) -> Committed:
         dep = self.deployment
         customer_id = self.profiles.resolve(cmd.helpdesk, cmd.external_id)
@@ -288,6 +312,10 @@ class Desk:
                 **decision.to_record(dep.catalog),
             }
             records.append(NewRecord("decision", now, pseudonym, decision_id, body))
+            if not wanted():  # last moment before the write: a decision nobody waits for
+                raise DeadlineExceeded(
+                    "the caller's deadline passed while deciding; nothing was written"
+                )
             committed = self._write(records)
             for c in committed:
                 self._fold(c)

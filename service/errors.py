@@ -1,7 +1,7 @@
 """Domain errors: every error the service can answer with, in one place.
 
 Core code raises these; the gRPC shell maps them to status codes in one function
-(`service.server.status_for`), so handlers never choose status codes themselves.
+(`service.status.status_for`), so handlers never choose status codes themselves.
 """
 
 from __future__ import annotations
@@ -50,3 +50,7 @@ class Unauthenticated(OfferDeskError):
 
 class FailedPrecondition(OfferDeskError):
     """The request is valid but the state does not allow it yet (e.g. nothing sealed)."""
+
+
+class DeadlineExceeded(OfferDeskError):
+    """The caller's deadline passed before the work was done: nothing was decided or written."""

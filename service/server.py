@@ -1,9 +1,10 @@
 """gRPC shell: protobuf in, one call into the Desk, protobuf out; errors mapped in one place.
 
 Registers standard health checking and reflection so grpcurl and probes work. The servicer holds
-no logic of its own; `status_for` is the only place that chooses status codes. When the audit log
-cannot be opened safely the server still listens, but only to say so: health NOT_SERVING and
-every OfferDesk call UNAVAILABLE with the reason. It never starts without its log.
+no logic of its own; `service.status` is the only place that chooses status codes. When the
+audit log cannot be opened safely the server still listens, but only to say so: health
+NOT_SERVING and every OfferDesk call UNAVAILABLE with the reason. It never starts without its
+log.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,17 +47,14 @@ from service import validation
 from service.audit_api import AuditAdminServicer, AuditContext, AuditServicer
 from service.desk import Deployment, Desk
 from service.errors import (
-    AlreadyExists,
-    CatalogError,
+    DeadlineExceeded,
     InvalidArgument,
-    ModelError,
-    NotFound,
-    OfferDeskError,
     Unavailable,
 )
 from service.profiles import ProfileSource
 from service.registry import Registry
 from service.settings import DirectoryPublication, GitPublication, Settings
+from service.status import expired, grpc_errors
 
 log = logging.getLogger("offerdesk")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
@@ -64,25 +62,6 @@ AUDIT_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Audit"].full_name
 #: who the periodic retention cut is recorded as requested by
 RETENTION_OPERATOR = "offerdesk-service"
 T = TypeVar("T")
-
-_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (AuditError, grpc.StatusCode.UNAVAILABLE),
-    (CatalogError, grpc.StatusCode.FAILED_PRECONDITION),
-    (ModelError, grpc.StatusCode.FAILED_PRECONDITION),
-)
-
-
-def status_for(error: Exception) -> grpc.StatusCode:
-    """The one mapping from domain errors to gRPC status codes."""
-    for kind, code in _STATUS:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
 
 _tracer = trace.get_tracer("offerdesk")
 
@@ -162,11 +141,19 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
     def __init__(self, desk: Desk, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.desk = desk
         self.clock = clock
+        #: calls refused because the caller's deadline had passed (nothing written for them)
+        self.expired_calls = 0
+
+    def _check_deadline(self, context: grpc.ServicerContext) -> None:
+        if expired(context):
+            self.expired_calls += 1
+            raise DeadlineExceeded("the caller's deadline passed before the call was handled")
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> Any:
         with _tracer.start_as_current_span("offerdesk.Decide") as span:
             trace_id = trace.format_trace_id(span.get_span_context().trace_id)
-            with _errors(context):
+            with grpc_errors(context):
+                self._check_deadline(context)
                 now = self.clock()
                 catalog = self.desk.deployment.catalog
                 cmd = validation.decide_command(
@@ -175,12 +162,15 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                     tags=catalog.spec.ticket_tags,
                     fields=catalog.spec.ticket_fields,
                 )
-                c = self.desk.decide(cmd, now=now, trace_id=trace_id)
+                c = self.desk.decide(
+                    cmd, now=now, trace_id=trace_id, wanted=lambda: not expired(context)
+                )
                 outcome = self.desk.outcome_of(c.body["decision_id"])
                 return decision_response(c.record.seq, c.body, outcome)
 
     def RecordOutcome(self, request: pb.RecordOutcomeRequest, context: grpc.ServicerContext) -> Any:
-        with _errors(context):
+        with grpc_errors(context):
+            self._check_deadline(context)
             now = self.clock()
             cmd = validation.outcome_command(request, now=now)
             record, outcome = self.desk.record_outcome(cmd, now=now)
@@ -196,7 +186,8 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
         request: pb.RecordConversionRequest,
         context: grpc.ServicerContext,
     ) -> Any:
-        with _errors(context):
+        with grpc_errors(context):
+            self._check_deadline(context)
             now = self.clock()
             cmd = validation.conversion_command(request, now=now)
             record = self.desk.record_conversion(cmd, now=now)
@@ -207,7 +198,7 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
             )
 
     def GetDecision(self, request: pb.GetDecisionRequest, context: grpc.ServicerContext) -> Any:
-        with _errors(context):
+        with grpc_errors(context):
             which = request.WhichOneof("key")
             if which == "decision_id":
                 record = self.desk.find_decision(decision_id=request.decision_id)
@@ -221,19 +212,6 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                 raise InvalidArgument("key", "set decision_id, request_key or ticket")
             body = record.body
             return decision_response(record.seq, body, self.desk.outcome_of(body["decision_id"]))
-
-
-@contextlib.contextmanager
-def _errors(context: grpc.ServicerContext) -> Iterator[None]:
-    try:
-        yield
-    except OfferDeskError as e:
-        context.abort(status_for(e), str(e))
-    except AuditError as e:
-        context.abort(status_for(e), f"audit log unavailable: {e}")
-    except Exception as e:
-        log.exception("internal error")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
 
 
 @dataclass
@@ -251,6 +229,7 @@ class Running:
     _stop: threading.Event
     refusal: str | None = None
     checkpointer: Checkpointer | None = None
+    offerdesk: OfferDeskServicer | None = None
 
     @property
     def desk(self) -> Desk:
@@ -322,8 +301,14 @@ def start(settings: Settings) -> Running:
         if vault is not None:
             vault.close()
         raise
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers))
-    pb_grpc.add_OfferDeskServicer_to_server(OfferDeskServicer(desk), server)
+    # Load shedding: past max_concurrent_rpcs calls in flight (running or queued for a worker),
+    # grpcio answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    servicer = OfferDeskServicer(desk)
+    pb_grpc.add_OfferDeskServicer_to_server(servicer, server)
     audit_context = AuditContext(
         desk,
         keys,
@@ -364,7 +349,9 @@ def start(settings: Settings) -> Running:
     server.start()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
-    running = Running(server, port, desk, health_servicer, stop, checkpointer=checkpointer)
+    running = Running(
+        server, port, desk, health_servicer, stop, checkpointer=checkpointer, offerdesk=servicer
+    )
     # NOT_SERVING while the log refuses writes (reopening it, or records lost), SERVING again
     # once the reopened log verified.
     store.watch(functools.partial(_follow_audit, running))

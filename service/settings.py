@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:50051"
     #: worker threads of the gRPC server
     workers: int = Field(default=8, ge=1, le=256)
+    #: load shedding: calls in flight (running or waiting for a worker) beyond this are
+    #: answered RESOURCE_EXHAUSTED at once, so accepted calls keep their latency
+    max_concurrent_rpcs: int = Field(default=64, ge=1, le=10_000)
     #: how often the in-memory profile copy is refreshed from the profile source
     profile_refresh_seconds: float = Field(default=60.0, gt=0)
     #: how often the server checks whether the active model or catalog changed

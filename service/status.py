@@ -16,6 +16,7 @@ from audit.errors import AuditError
 from service.errors import (
     AlreadyExists,
     CatalogError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ModelError,
@@ -34,6 +35,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (AuditError, grpc.StatusCode.UNAVAILABLE),
     (CatalogError, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -60,3 +62,10 @@ def grpc_errors(context: grpc.ServicerContext) -> Iterator[None]:
     except Exception as e:
         log.exception("internal error")
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+
+def expired(context: grpc.ServicerContext) -> bool:
+    """Whether the caller's deadline has passed. grpcio keeps running a handler after the
+    client gave up, so handlers check this before deciding and before writing."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
