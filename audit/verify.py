@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,7 +170,7 @@ class _Walk:
     def report(self) -> VerifyReport:
         # A walk from a trusted point (audit.recovery) has not seen the rows before it.
         if self.first == 0 and (
-            problem := retention.check(sorted(self.cut_rows, key=_by_seq), self.cuts)
+            problem := retention.check(sorted(self.cut_rows, key=attrgetter("seq")), self.cuts)
         ):
             return self._report(_Bad(*problem))
         if self.matched < len(self.checkpoints):
@@ -199,10 +200,6 @@ class _Walk:
             self.sealed,
             bad.checkpoint,
         )
-
-
-def _by_seq(row: retention.CutRow) -> int:
-    return row.seq
 
 
 def _when(checkpoint: Checkpoint) -> str:
@@ -613,7 +610,7 @@ def _cut_rows(batch: pa.RecordBatch, where: np.ndarray[Any, Any]) -> list[retent
     ]
 
 
-_KIND_REGEX = "^[a-z_]{1,32}$"  # audit.records.KIND_PATTERN, anchored
+_KIND_REGEX = f"^{KIND_PATTERN.pattern}$"  # for Arrow's regex match, which is not anchored
 
 
 def _cut_shape(batch: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.bool_]]:
