@@ -29,8 +29,6 @@ class FreshdeskAdapter:
     name = "freshdesk"
 
     def __init__(self, token: str, *, external_id_prefix: str = "") -> None:
-        if len(token) < 32:
-            raise ValueError("the Freshdesk token must be at least 32 characters")
         self._token = token.encode()
         self._prefix = external_id_prefix
 

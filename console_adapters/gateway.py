@@ -57,9 +57,7 @@ from console_adapters.intercom import (
     recorded_canvas,
     verify_canvas,
 )
-from console_adapters.intercom import request_key as intercom_key
 from console_adapters.salesforce import ACK, SalesforceAdapter, recommendation
-from console_adapters.salesforce import request_key as salesforce_key
 from console_adapters.servicenow import ServiceNowAdapter
 from console_adapters.zendesk import ZendeskAdapter
 
@@ -97,54 +95,44 @@ _DECLINE_REASONS = {
 }
 
 
-class ZendeskSettings(BaseModel):
+class _HelpdeskSettings(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
+    #: put before the helpdesk's customer ids to make the identity map's external id
+    external_id_prefix: str = ""
+
+
+class ZendeskSettings(_HelpdeskSettings):
     #: the webhook's signing secret (Zendesk: Webhooks → the webhook → Signing secret)
     signing_secret: SecretStr
-    #: put before requester ids to make the identity map's external id (e.g. "zd-")
-    external_id_prefix: str = ""
     #: the sidebar app's token (a secure app setting Zendesk's proxy adds as a bearer token
-    #: to /lookup/zendesk; 32+ characters); unset: no sidebar lookups
-    app_token: SecretStr | None = None
+    #: to /lookup/zendesk); unset: no sidebar lookups
+    app_token: SecretStr | None = Field(default=None, min_length=32)
 
 
-class FreshdeskSettings(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
-    #: the token the automation rule sends in X-Offerdesk-Token (32+ random characters)
-    token: SecretStr
-    external_id_prefix: str = ""
+class FreshdeskSettings(_HelpdeskSettings):
+    #: the token the automation rule sends in X-Offerdesk-Token
+    token: SecretStr = Field(min_length=32)
 
 
-class ServiceNowSettings(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
-    #: the signing secret, the same as the x_offerdesk.secret system property (32+ characters)
-    secret: SecretStr
-    external_id_prefix: str = ""
+class ServiceNowSettings(_HelpdeskSettings):
+    #: the signing secret, the same as the x_offerdesk.secret system property
+    secret: SecretStr = Field(min_length=32)
 
 
-class IntercomSettings(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
+class IntercomSettings(_HelpdeskSettings):
     #: the app's client secret (Developer Hub → your app → Basic information): it signs the
     #: webhooks and the Canvas Kit requests
     client_secret: SecretStr
-    #: put before contact ids to make the identity map's external id
-    external_id_prefix: str = ""
 
 
-class SalesforceSettings(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
+class SalesforceSettings(_HelpdeskSettings):
     #: the organisation id (15 or 18 characters) every Outbound Message must carry
     organization_id: str = Field(pattern=r"^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$")
-    #: the secret last segment of the Outbound Message's URL (32+ random URL-safe characters)
-    path_secret: SecretStr
+    #: the secret last segment of the Outbound Message's URL (random URL-safe characters)
+    path_secret: SecretStr = Field(min_length=32)
     #: the bearer token of the Named Credential the Apex action and the feedback flow use
-    api_token: SecretStr
-    external_id_prefix: str = ""
+    api_token: SecretStr = Field(min_length=32)
 
 
 class GenericSettings(BaseModel):
@@ -169,7 +157,7 @@ class GatewaySettings(BaseSettings):
     service: str = "127.0.0.1:50051"
     #: larger bodies get 413 before anything is parsed
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    #: deadline of each Decide / RecordOutcome call (Intercom wants answers within 500 ms)
+    #: deadline of each call to the service; past it the helpdesk gets 503 and retries
     call_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     #: Retry-After of a 503 (service down or slow)
     retry_after_seconds: int = Field(default=10, ge=1)
@@ -392,7 +380,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         return json_object(body)
 
     async def canvas_initialize(request: Request) -> JSONResponse:
-        """Canvas Kit: the card of the conversation's latest close (never decides itself)."""
+        """Canvas Kit: the card of the conversation's latest close, looked up by the
+        conversation (GetDecision by ticket); it never decides itself."""
         try:
             payload = await canvas_request(request)
         except Rejected as exc:
@@ -400,15 +389,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         conversation = payload.get("conversation")
         if not isinstance(conversation, dict) or conversation.get("state") != "closed":
             return JSONResponse(card_canvas(None, ""))
-        try:
-            key = intercom_key(conversation)
-        except Rejected:
-            return JSONResponse(card_canvas(None, ""))
+        ticket = pb.TicketRef(helpdesk="intercom", ticket_id=str(conversation.get("id", "")))
         answer = await _call(
-            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+            state["stub"].GetDecision, pb.GetDecisionRequest(ticket=ticket), settings
         )
         if isinstance(answer, Failure):
-            if answer.status == 404:  # the webhook has not decided (yet)
+            if answer.status in (400, 404):  # no id, or the webhook has not decided (yet)
                 return JSONResponse(card_canvas(None, ""))
             return JSONResponse(error_canvas(answer.problem, {}))
         document = json_format.MessageToDict(answer, preserving_proto_field_name=True)
@@ -484,15 +470,16 @@ def create_app(settings: GatewaySettings) -> Starlette:
             raise Rejected(401, "authorization", "not the Salesforce API token")
 
     async def generate(request: Request) -> JSONResponse:
-        """For the Apex Generate action: the case's decision as Recommendation fields."""
+        """For the Apex Generate action: the case's latest decision (GetDecision by ticket)
+        as Recommendation fields."""
         try:
             api_caller(request)
             body = json_object(await _body(request, settings.max_body_bytes))
-            key = salesforce_key(text(body, "case_id"), text(body, "closed_date"))
+            ticket = pb.TicketRef(helpdesk="salesforce", ticket_id=text(body, "case_id"))
         except Rejected as exc:
             return _error(exc.status, exc.field, exc.problem)
         answer = await _call(
-            state["stub"].GetDecision, pb.GetDecisionRequest(request_key=key), settings
+            state["stub"].GetDecision, pb.GetDecisionRequest(ticket=ticket), settings
         )
         if isinstance(answer, Failure):
             if answer.status == 404:

@@ -9,8 +9,8 @@ already made and logs nothing), and Canvas Kit requests only read or record an o
 
 Request key: ``intercom:<conversation id>:<last close time>``. A retry of the notification
 carries the same conversation: the same key. A conversation reopened and closed again has a new
-close time: a new decision. The Canvas Kit app never decides: it looks the decision up by that
-key (GetDecision), so both paths agree on one decision per close.
+close time: a new decision. The Canvas Kit app never decides: it shows the conversation's
+latest decision (GetDecision by ticket), so both paths agree on one decision per close.
 
 Nothing here does I/O: the gateway calls the service and sends the canvases built here.
 """

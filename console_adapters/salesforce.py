@@ -11,7 +11,8 @@ backoff, for up to 24 hours).
 
 Request key: ``salesforce:<Case Id>:<ClosedDate>``. A retried message carries the same case
 and close date: the same decision. A case reopened and closed again has a new ClosedDate: a new
-decision. The Apex action looks the decision up by that key and never decides itself.
+decision. The Apex action shows the case's latest decision (GetDecision by ticket) and never
+decides itself.
 
 XML is parsed with defusedxml: the body comes from the internet before anything else is
 trusted, and the standard library's parsers expand entities.
@@ -78,10 +79,6 @@ class SalesforceAdapter:
     def __init__(
         self, organization_id: str, path_secret: str, *, external_id_prefix: str = ""
     ) -> None:
-        if len(organization_id) not in (15, 18):
-            raise ValueError("the organisation id must be 15 or 18 characters")
-        if len(path_secret) < 32:
-            raise ValueError("the URL path secret must be at least 32 characters")
         self._org = organization_id
         self._path = path_secret
         self._prefix = external_id_prefix

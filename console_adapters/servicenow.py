@@ -46,8 +46,6 @@ class ServiceNowAdapter:
         tolerance: timedelta = timedelta(minutes=5),
         external_id_prefix: str = "",
     ) -> None:
-        if len(secret) < 32:
-            raise ValueError("the ServiceNow signing secret must be at least 32 characters")
         self._secret = secret
         self._tolerance = tolerance
         self._prefix = external_id_prefix

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -710,11 +711,9 @@ def test_helpdesks_whose_secrets_cannot_sit_in_an_app_have_no_lookup(gateway: st
 
 
 ZENDESK_APP_TOKEN = "zendesk-app-token-0123456789abcdef0123"
-ZENDESK_SIDEBAR = Helpdesk(
-    **{
-        **ZENDESK.__dict__,
-        "settings": {"zendesk": {**ZENDESK.settings["zendesk"], "app_token": ZENDESK_APP_TOKEN}},
-    }
+ZENDESK_SIDEBAR = replace(
+    ZENDESK,
+    settings={"zendesk": {**ZENDESK.settings["zendesk"], "app_token": ZENDESK_APP_TOKEN}},
 )
 
 

@@ -197,9 +197,7 @@ def test_generate_and_feedback_for_the_apex_action(
     for i, contact in enumerate(contacts[:60]):
         case_id = f"5000000000{i:05d}AAA"
         assert outbound(gateway, message(case(case_id, contact))).content == ACK
-        shown = api(
-            gateway, "generate", {"case_id": case_id, "closed_date": closed_date(CLOSED_AT)}
-        )
+        shown = api(gateway, "generate", {"case_id": case_id})
         assert shown.status_code == 200, shown.text
         if shown.json()["offer"]:
             offer = shown.json()
@@ -208,12 +206,12 @@ def test_generate_and_feedback_for_the_apex_action(
     assert offer["Name"] and len(offer["Description"]) <= 255
     assert offer["ExternalId"].startswith(offer["decision_id"] + ".")
 
-    refused = api(gateway, "generate", {"case_id": "x", "closed_date": "y"}, token="wrong")
+    refused = api(gateway, "generate", {"case_id": "x"}, token="wrong")
     assert refused.status_code == 401
     unknown = api(
         gateway,
         "generate",
-        {"case_id": "500999999999999AAA", "closed_date": closed_date(CLOSED_AT)},
+        {"case_id": "500999999999999AAA"},
     )
     assert unknown.json() == {"offer": False, "message": "", "decision_id": ""}
 
