@@ -141,12 +141,19 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
     def __init__(self, desk: Desk, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.desk = desk
         self.clock = clock
-        #: calls refused because the caller's deadline had passed (nothing written for them)
+        #: calls refused because the caller's deadline had passed, on arrival or just before
+        #: the write (nothing written for them)
         self.expired_calls = 0
 
-    def _check_deadline(self, context: grpc.ServicerContext) -> None:
+    def _late(self, context: grpc.ServicerContext) -> bool:
+        """Whether the caller's deadline has passed (counted: the call will be refused)."""
         if expired(context):
             self.expired_calls += 1
+            return True
+        return False
+
+    def _check_deadline(self, context: grpc.ServicerContext) -> None:
+        if self._late(context):
             raise DeadlineExceeded("the caller's deadline passed before the call was handled")
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> Any:
@@ -163,7 +170,7 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
                     fields=catalog.spec.ticket_fields,
                 )
                 c = self.desk.decide(
-                    cmd, now=now, trace_id=trace_id, wanted=lambda: not expired(context)
+                    cmd, now=now, trace_id=trace_id, wanted=lambda: not self._late(context)
                 )
                 outcome = self.desk.outcome_of(c.body["decision_id"])
                 return decision_response(c.record.seq, c.body, outcome)
