@@ -38,7 +38,7 @@ CHANNEL = {
 DECLINES = [pb.NOT_INTERESTED, pb.TOO_EXPENSIVE, pb.BAD_TIMING, pb.NEEDS_APPROVAL]
 
 
-def _ts(at: datetime) -> Timestamp:
+def timestamp(at: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(at.astimezone(UTC).replace(tzinfo=None))
     return ts
@@ -52,7 +52,7 @@ def decide_request(event: dict[str, Any], agent_id: str = "agent-17") -> pb.Deci
         category=t["category"],
         product_area=t["product_area"],
         channel=CHANNEL[t["channel"]],
-        resolved_at=_ts(event["resolved_at"]),
+        resolved_at=timestamp(event["resolved_at"]),
         tags=t.get("tags", []),
         custom_fields=t.get("fields", {}),
         reopen_count=t["reopen_count"],
@@ -175,7 +175,7 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
                 out = pb.RecordOutcomeRequest(
                     decision_id=resp.decision_id,
                     agent_id="agent-17",
-                    occurred_at=_ts(datetime.now(UTC)),
+                    occurred_at=timestamp(datetime.now(UTC)),
                 )
                 if accepted:
                     out.outcome = pb.ACCEPTED
@@ -186,7 +186,7 @@ def run(data_dir: Path, tickets: int, console: Console) -> int:
                             customer=pb.Customer(external_id=cid),
                             product=offer.product,
                             amount=resp.card.variant.price,
-                            occurred_at=_ts(datetime.now(UTC)),
+                            occurred_at=timestamp(datetime.now(UTC)),
                         ),
                         timeout=10,
                     )

@@ -80,3 +80,32 @@ def server(settings: Settings) -> Iterator[Running]:
 def stub(server: Running) -> Iterator[pb_grpc.OfferDeskStub]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield pb_grpc.OfferDeskStub(channel)
+
+
+@pytest.fixture(scope="session")
+def traffic_log(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Four weeks of simulated production in a real audit log: 2,400 resolved tickets played
+    through a real server's Desk on a simulated clock (service.traffic), with outcomes,
+    prompted and organic conversions, treated and holdout customers. The server is stopped,
+    so the file can be opened read-only. Tests must not write to it (copy it first)."""
+    from datetime import UTC, datetime
+
+    from service.traffic import play
+
+    d = tmp_path_factory.mktemp("traffic") / "var"
+    shutil.copytree(trained_dir / "registry", d / "registry")
+    shutil.copytree(trained_dir / "profiles", d / "profiles")
+    settings = load_settings(None, data_dir=d, listen="127.0.0.1:0")
+    running = start(settings)
+    try:
+        play(
+            running.desk,
+            load_world(d / "profiles"),
+            tickets=2400,
+            start=datetime(2026, 10, 1, tzinfo=UTC),
+            days=28,
+            seed=5,
+        )
+    finally:
+        running.stop()
+    return settings
