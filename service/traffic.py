@@ -27,7 +27,7 @@ import numpy as np
 from offerdesk.v1 import offerdesk_pb2 as pb
 
 from service import validation
-from service.catalog import Catalog
+from service.catalog import Catalog, Offer
 from service.demo import DECLINES, decide_request
 from service.demo import timestamp as _ts
 from service.desk import Desk
@@ -74,9 +74,10 @@ def play(
     stream = ticket_stream(
         world, catalog, seed=seed, start=start, mean_gap_seconds=days * 86_400 / tickets
     )
-    full_price = {}
+    # one offer per product stands for its unprompted purchase, at its full price
+    by_product: dict[str, Offer] = {}
     for o in catalog.offers:
-        full_price.setdefault(o.product, o.full_price.price_minor)
+        by_product.setdefault(o.product, o)
     # (when, n, customer id, product, amount) of purchases yet to happen, and which
     # (customer, product) pairs have one pending
     pending: list[tuple[datetime, int, str, str, int]] = []
@@ -122,11 +123,11 @@ def play(
         if progress:
             progress(i + 1, tickets)
         # Unprompted purchases this ticket may lead to (drawn for every product, every group).
-        for product, amount in full_price.items():
-            offer = next(o for o in catalog.offers if o.product == product)
+        for product, product_offer in by_product.items():
             if (cid, product) in waiting:
                 continue
-            if rng.random() < truth.p_buy_anyway(view, offer):
+            if rng.random() < truth.p_buy_anyway(view, product_offer):
+                amount = product_offer.full_price.price_minor
                 when = at + ORGANIC_WINDOW * float(rng.random())
                 waiting.add((cid, product))
                 n_pending += 1
@@ -135,18 +136,18 @@ def play(
             continue
         counts["offers"] += 1
         card = body["card"]
-        offer = catalog.offer(card["offer_id"])
-        assert offer is not None
-        variant = next(v for v in offer.variants if v.id == card["variant_id"])
-        p = truth.p_accept(view, ev["ticket"], body["contact"], offer, variant)
+        shown = catalog.offer(card["offer_id"])
+        assert shown is not None
+        variant = next(v for v in shown.variants if v.id == card["variant_id"])
+        p = truth.p_accept(view, ev["ticket"], body["contact"], shown, variant)
         accepted = bool(rng.random() < p)
         out = pb.RecordOutcomeRequest(
             decision_id=body["decision_id"], agent_id="agent-sim", occurred_at=_ts(at)
         )
         if accepted:
             out.outcome = pb.ACCEPTED
-            waiting.discard((cid, offer.product))
-            convert(cid, offer.product, variant.price_minor, at, "prompted")
+            waiting.discard((cid, shown.product))
+            convert(cid, shown.product, variant.price_minor, at, "prompted")
             counts["accepted"] += 1
         else:
             out.outcome = pb.DECLINED
