@@ -989,3 +989,29 @@ def ticket_stream(
                 rng, world.view(cid), catalog.spec.ticket_tags, catalog.spec.ticket_fields
             ),
         }
+
+
+# -- truth on logged decisions ------------------------------------------------------------------
+
+
+def true_probabilities(truth: Truth, logged: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(p_accept, p_buy_anyway) of every candidate row of a service.logged.Logged."""
+    catalog: Catalog = logged.catalog
+    offers = {o.id: o for o in catalog.offers}
+    accept = np.empty(len(logged.row_decision))
+    anyway = np.empty(len(logged.row_decision))
+    for i, (d, offer_id, variant_id) in enumerate(
+        zip(logged.row_decision, logged.offer_id, logged.variant_id, strict=True)
+    ):
+        c = logged.contexts[d]
+        offer = offers[offer_id]
+        variant = next(v for v in offer.variants if v.id == variant_id)
+        accept[i] = truth.p_accept(c.customer, c.ticket, c.contact, offer, variant)
+        anyway[i] = truth.p_buy_anyway(c.customer, offer)
+    return accept, anyway
+
+
+def true_value(policy: Any, logged: Any, accept_p: np.ndarray) -> float:
+    """The true accepted margin per decision of a policy (service.logged.PolicyScores) on
+    these decisions' contexts: Σ_a π(a|x) · p_accept(x, a) · margin(a), averaged."""
+    return float((policy.p * accept_p * logged.margin).sum() / len(logged))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from catboost import CatBoostClassifier, Pool
 
 from service.catalog import Catalog
 from service.features import ORGANIC_FEATURES, RANKER_FEATURES, FeatureSet, build_matrix
+from service.logged import Logged, OrganicLabels
 
 #: called as progress(model, iterations done, iterations in all); model is "ranker" or "organic"
 Progress = Callable[[str, int, int], None]
@@ -35,6 +36,10 @@ VALIDATION_SHARE = 0.2
 DEFAULT_ITERATIONS = 200
 DEFAULT_DEPTH = 4
 DEFAULT_LEARNING_RATE = 0.08
+#: the largest weight one row gets from propensity weighting (before scaling to mean 1): the
+#: greedy action is logged with π ≈ 0.96 and an explored one with ε / |A| ≈ 0.01, so an
+#: uncapped explored row would count ~100 greedy ones and dominate the fit
+DEFAULT_WEIGHT_CLIP = 20.0
 #: every categorical feature has at most a dozen values: one-hot them rather than learn
 #: target statistics — ~4x faster to fit on 2 cores, with equal or better held-out AUC
 ONE_HOT_MAX_SIZE = 16
@@ -81,6 +86,27 @@ class TrainingRows:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @classmethod
+    def concat(cls, parts: Sequence[TrainingRows]) -> TrainingRows:
+        """The rows of every part, in order (same features and catalog)."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.featureset != first.featureset or p.catalog_version != first.catalog_version:
+                raise ValueError("rows from different features or catalogs cannot be combined")
+        weighted = [p.propensity is not None for p in parts]
+        if any(weighted) and not all(weighted):
+            raise ValueError("either every part has propensities or none has")
+        return cls(
+            first.featureset,
+            np.concatenate([p.X for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            np.concatenate([p.decided_at for p in parts]),
+            np.concatenate([p.decision_id for p in parts]),
+            np.concatenate([p.offer_id for p in parts]),
+            first.catalog_version,
+            np.concatenate([p.propensity for p in parts]) if all(weighted) else None,  # type: ignore[misc]
+        )
 
     def select(self, mask: np.ndarray) -> TrainingRows:
         """The rows where `mask` is true."""
@@ -161,6 +187,49 @@ def training_rows_from_history(
     )
 
 
+def ranker_rows_from_logged(logged: Logged) -> TrainingRows:
+    """Ranker rows from logged treated decisions: one per offer shown whose outcome is known
+    (accepted or declined), with the logging policy's propensity of showing it."""
+    known = logged.shown & (logged.accepted >= 0)
+    rows = logged.chosen[known]
+    return TrainingRows(
+        RANKER_FEATURES,
+        logged.X_ranker[rows],
+        logged.accepted[known].astype(np.int8),
+        logged.at[known],
+        logged.decision_id[known],
+        logged.offer_id[rows],
+        logged.catalog.version,
+        logged.logging_p[rows],
+    )
+
+
+def organic_rows_from_labels(labels: Sequence[OrganicLabels], catalog: Catalog) -> TrainingRows:
+    """Organic rows from conversions-derived labels: one per decision × offer not shown,
+    features with the offer's full-price terms (as decide() asks the organic model)."""
+    full_terms = {o.id: catalog.terms(o, o.full_price) for o in catalog.offers}
+    parts: dict[str, list[Any]] = {k: [] for k in ("X", "y", "at", "id", "offer")}
+    for d in labels:
+        if not d.bought:
+            continue
+        c = d.context
+        parts["X"].append(
+            build_matrix(
+                ORGANIC_FEATURES,
+                c.customer,
+                c.ticket,
+                c.contact,
+                [full_terms[o] for o, _ in d.bought],
+            )
+        )
+        for offer_id, bought in d.bought:
+            parts["y"].append(int(bought))
+            parts["at"].append(d.at)
+            parts["id"].append(d.decision_id)
+            parts["offer"].append(offer_id)
+    return _rows(ORGANIC_FEATURES, parts, catalog.version, None)
+
+
 def _rows(
     featureset: FeatureSet,
     parts: Mapping[str, list[Any]],
@@ -222,13 +291,26 @@ def fit(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     seed: int = 0,
     progress: Progress | None = None,
+    weighting: str = "none",
+    clip: float = DEFAULT_WEIGHT_CLIP,
+    data: Mapping[str, Any] | None = None,
 ) -> TrainedModels:
     """Fit both models on the older 80% of decision time and measure them on the newest 20%.
 
     The split is by time, not at random, because a model is always used on decisions after
     the ones it learnt from; one cut-off time serves both models. No class weights: decide()
     multiplies the probabilities by margins, so they must stay calibrated.
+
+    `weighting="propensity"` weights each ranker row by 1 / (the logging policy's probability
+    of showing it), capped at `clip` and scaled to mean 1, so that offers the logging policy
+    rarely showed count as much as they would under uniform exploration (see
+    docs/retraining.md for its measured effect). `data` (window, sources, filters) goes on the
+    card as given.
     """
+    if weighting not in ("none", "propensity"):
+        raise ValueError(f"weighting must be 'none' or 'propensity', got {weighting!r}")
+    if weighting == "propensity" and ranker_rows.propensity is None:
+        raise ValueError("weighting='propensity' needs ranker rows with propensities")
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if not 1 <= depth <= 10:
@@ -248,14 +330,9 @@ def fit(
     if len(times) < 2:
         raise ValueError("rows span fewer than two decision times: nothing to validate on")
     cut = times[int(len(times) * (1 - VALIDATION_SHARE))]
-    params: dict[str, Any] = {
-        "iterations": iterations,
-        "depth": depth,
-        "learning_rate": learning_rate,
-        "random_seed": seed,
-        "one_hot_max_size": ONE_HOT_MAX_SIZE,
-        "loss_function": "Logloss",
-    }
+    params = model_params(
+        iterations=iterations, depth=depth, learning_rate=learning_rate, seed=seed
+    )
     models: dict[str, CatBoostClassifier] = {}
     metrics: dict[str, Any] = {}
     counts: dict[str, Any] = {}
@@ -268,23 +345,36 @@ def fit(
                     f"{name}_rows: the {label} part ({len(part)} rows) needs both accepted and "
                     "declined labels; simulate more history"
                 )
-        model = CatBoostClassifier(**params, verbose=False, allow_writing_files=False)
-        cats = rows.featureset.cat_indices
+        weights = None
+        if name == "ranker" and weighting == "propensity":
+            weights = propensity_weights(train.propensity, clip=clip)
         started = time.perf_counter()
-        model.fit(
-            Pool(train.X, train.y, cat_features=cats, feature_names=list(rows.featureset.names)),
-            callbacks=[_Reporter(name, iterations, progress)] if progress else None,
+        model = fit_one(
+            train.X,
+            train.y,
+            rows.featureset,
+            params,
+            weights=weights,
+            progress=_Reporter(name, iterations, progress) if progress else None,
         )
         seconds[name] = round(time.perf_counter() - started, 3)
-        p = model.predict_proba(Pool(valid.X, cat_features=cats))[:, 1]
+        p = model.predict_proba(Pool(valid.X, cat_features=rows.featureset.cat_indices))[:, 1]
         models[name] = model
         metrics[name] = _metrics(valid.y, p, train.y.mean())
+        if name == "ranker":
+            metrics[name]["by_offer"] = take_rates(valid.offer_id, valid.y, p)
         counts[name] = {
             "training": len(train),
             "validation": len(valid),
             "training_positive_rate": round(float(train.y.mean()), 6),
             "validation_positive_rate": round(float(valid.y.mean()), 6),
         }
+        if weights is not None:
+            counts[name]["weighting"] = {
+                "kind": "propensity",
+                "clip": clip,
+                "effective_rows": round(effective_size(weights), 1),
+            }
     card = {
         "catalog_version": ranker_rows.catalog_version,
         "data_window": {
@@ -305,8 +395,100 @@ def fit(
         "metrics": metrics,
         "params": {**params, "catboost_version": catboost.__version__},
         "fit_seconds": seconds,
+        "weighting": weighting,
+        "data": dict(data or {}),
+        "code_version": code_version(),
     }
     return TrainedModels(models["ranker"], models["organic"], card)
+
+
+def model_params(
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    depth: int = DEFAULT_DEPTH,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """CatBoost parameters of every model offerdesk fits (the card records them)."""
+    return {
+        "iterations": iterations,
+        "depth": depth,
+        "learning_rate": learning_rate,
+        "random_seed": seed,
+        "one_hot_max_size": ONE_HOT_MAX_SIZE,
+        "loss_function": "Logloss",
+    }
+
+
+def fit_one(
+    X: np.ndarray,
+    y: np.ndarray,
+    featureset: FeatureSet,
+    params: Mapping[str, Any],
+    *,
+    weights: np.ndarray | None = None,
+    progress: Any = None,
+) -> CatBoostClassifier:
+    """One binary classifier on `featureset` rows: the ranker, the organic model, and the
+    reward model of off-policy evaluation are all fitted here."""
+    model = CatBoostClassifier(**params, verbose=False, allow_writing_files=False)
+    model.fit(
+        Pool(
+            X,
+            y,
+            cat_features=featureset.cat_indices,
+            feature_names=list(featureset.names),
+            weight=weights,
+        ),
+        callbacks=[progress] if progress else None,
+    )
+    return model
+
+
+def propensity_weights(propensity: np.ndarray | None, *, clip: float) -> np.ndarray:
+    """1 / propensity, capped at `clip`, scaled to mean 1."""
+    if propensity is None:
+        raise ValueError("propensity weights need propensities")
+    if clip < 1:
+        raise ValueError(f"clip must be at least 1, got {clip}")
+    w = np.minimum(1.0 / np.asarray(propensity, dtype=float), clip)
+    return np.asarray(w / w.mean(), dtype=float)
+
+
+def effective_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size: (Σw)² / Σw²."""
+    return float(weights.sum() ** 2 / (weights**2).sum())
+
+
+def code_version() -> str:
+    """The offerdesk package version, and the git commit when run from a checkout."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    try:
+        text = version("offerdesk")
+    except PackageNotFoundError:
+        text = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{text}+g{commit}" + (".dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return text
 
 
 def _iso(t: np.datetime64) -> str:
@@ -314,16 +496,58 @@ def _iso(t: np.datetime64) -> str:
     return moment.replace(tzinfo=UTC).isoformat()
 
 
-def _metrics(y: np.ndarray, p: np.ndarray, prior: float) -> dict[str, float]:
+def _metrics(y: np.ndarray, p: np.ndarray, prior: float) -> dict[str, Any]:
     """Held-out AUC and log loss, against the log loss of always predicting the training rate
     (a model that does not beat that has learnt nothing), and calibration in the large."""
+    curve = reliability(y, p)
     return {
         "auc": round(auc(y, p), 6),
         "log_loss": round(log_loss(y, p), 6),
         "log_loss_base_rate": round(log_loss(y, np.full(len(y), prior)), 6),
         "mean_predicted": round(float(p.mean()), 6),
         "observed_rate": round(float(y.mean()), 6),
+        "ece": round(expected_calibration_error(curve, len(y)), 6),
+        "reliability": curve,
     }
+
+
+#: rows per bin of the reliability curve: equal-count bins, so each point has a stable rate
+RELIABILITY_BINS = 10
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> list[dict[str, Any]]:
+    """The reliability curve: rows split into `bins` equal-count bins by predicted probability;
+    per bin the mean prediction, the observed rate and the row count."""
+    order = np.argsort(p, kind="mergesort")
+    out = []
+    for part in np.array_split(order, min(bins, len(order))):
+        if len(part):
+            out.append(
+                {
+                    "predicted": round(float(np.mean(p[part])), 6),
+                    "observed": round(float(np.mean(y[part])), 6),
+                    "rows": len(part),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(curve: list[dict[str, Any]], n: int) -> float:
+    """Σ over bins of (rows / n) · |observed − predicted|."""
+    return float(sum(b["rows"] / n * abs(b["observed"] - b["predicted"]) for b in curve))
+
+
+def take_rates(offer_id: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per offer: rows, observed take rate and mean predicted p(accept)."""
+    out = {}
+    for offer in sorted(set(offer_id.tolist())):
+        m = offer_id == offer
+        out[str(offer)] = {
+            "rows": int(m.sum()),
+            "observed": round(float(y[m].mean()), 6),
+            "predicted": round(float(p[m].mean()), 6),
+        }
+    return out
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
