@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ catalog_app = typer.Typer(help="Check offer catalogs.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and inspect the audit log.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(audit_app, name="audit")
+from service.report_commands import report_app  # noqa: E402  (it imports service.cli lazily)
+
+app.add_typer(report_app, name="report")
 console = Console()
 err = Console(stderr=True)
 
@@ -126,45 +129,85 @@ def train(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     catalog: Annotated[
-        Path, typer.Option(help="Catalog to train and serve with.")
-    ] = EXAMPLE_CATALOG,
+        Path | None,
+        typer.Option(
+            help="Catalog to train with (default: the example catalog; with --from-audit, the "
+            "active one, which the logged decisions were made with)."
+        ),
+    ] = None,
     iterations: Annotated[int | None, typer.Option(min=1)] = None,
     depth: Annotated[int | None, typer.Option(min=1, max=10)] = None,
-    activate: Annotated[bool, typer.Option(help="Make the new model active.")] = True,
+    activate: Annotated[
+        bool | None,
+        typer.Option(
+            help="Make the new model active (default: yes for the bootstrap model; no with "
+            "--from-audit, which goes through `offerdesk promote`)."
+        ),
+    ] = None,
+    from_audit: Annotated[
+        bool,
+        typer.Option(
+            "--from-audit",
+            help="Train from the audit log's decisions, outcomes and conversions "
+            "(docs/retraining.md).",
+        ),
+    ] = False,
+    audit: Annotated[
+        Path | None, typer.Option(help="With --from-audit: the log (default: the data dir's).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="With --from-audit: decisions from this date or time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="With --from-audit: decisions before this date or time.")
+    ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            help="With --from-audit: add the bootstrap history's rows (the old process's log)."
+        ),
+    ] = True,
+    weighting: Annotated[
+        str,
+        typer.Option(
+            help="With --from-audit: 'propensity' weights shown offers by 1/propensity "
+            "(capped); 'none' does not."
+        ),
+    ] = "propensity",
 ) -> None:
-    """Train the acceptance and organic-purchase models on the simulator's bootstrap history."""
-
+    """Train the acceptance and organic-purchase models: on the simulator's bootstrap history,
+    or with --from-audit on what the service logged."""
     settings = _settings(config, data_dir)
-    cat = _load_catalog_or_exit(catalog)
-    version = train_default(settings, cat, iterations=iterations, depth=depth, activate=activate)
+    if from_audit:
+        from service.model_commands import train_from_audit
+
+        train_from_audit(
+            settings,
+            catalog=catalog,
+            audit=audit,
+            since=since,
+            until=until,
+            history=history,
+            weighting=weighting,
+            iterations=iterations,
+            depth=depth,
+            activate=bool(activate),
+        )
+        return
+    cat = _load_catalog_or_exit(catalog or EXAMPLE_CATALOG)
+    active = True if activate is None else activate
+    version = train_default(settings, cat, iterations=iterations, depth=depth, activate=active)
     console.print(
-        f"model {version} stored in {settings.registry_dir}" + (" and active" if activate else "")
+        f"model {version} stored in {settings.registry_dir}" + (" and active" if active else "")
     )
 
 
-def train_default(
-    settings: Settings,
-    cat: Catalog,
-    *,
-    iterations: int | None = None,
-    depth: int | None = None,
-    activate: bool = True,
-    seed: int = 0,
-) -> str:
-    """Train from data_dir/profiles/history.parquet, store in the registry, optionally activate."""
+def fit_with_progress(ranker_rows: Any, organic_rows: Any, **kwargs: Any) -> Any:
+    """service.training.fit with a progress bar per model."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from service import training
-    from service.registry import Registry
-    from service.simulator import load_history
 
-    if not (settings.profile_dir / "history.parquet").exists():
-        err.print(f"[red]no history at {settings.profile_dir}[/red]: run `offerdesk simulate`")
-        raise typer.Exit(1)
-    ranker_rows, organic_rows = training.training_rows_from_history(
-        load_history(settings.profile_dir), cat
-    )
-    kwargs = {k: v for k, v in (("iterations", iterations), ("depth", depth)) if v is not None}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -179,17 +222,50 @@ def train_default(
                 tasks[name] = bar.add_task(f"training {name}", total=total)
             bar.update(tasks[name], completed=done)
 
-        trained = training.fit(ranker_rows, organic_rows, seed=seed, progress=progress, **kwargs)
+        return training.fit(ranker_rows, organic_rows, progress=progress, **kwargs)
+
+
+def print_metrics(card: dict[str, Any]) -> None:
+    for name, m in card.get("metrics", {}).items():
+        console.print(
+            f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+        )
+
+
+def train_default(
+    settings: Settings,
+    cat: Catalog,
+    *,
+    iterations: int | None = None,
+    depth: int | None = None,
+    activate: bool = True,
+    seed: int = 0,
+) -> str:
+    """Train from data_dir/profiles/history.parquet, store in the registry, optionally activate."""
+    from service import training
+    from service.registry import Registry
+    from service.simulator import load_history
+
+    if not (settings.profile_dir / "history.parquet").exists():
+        err.print(f"[red]no history at {settings.profile_dir}[/red]: run `offerdesk simulate`")
+        raise typer.Exit(1)
+    ranker_rows, organic_rows = training.training_rows_from_history(
+        load_history(settings.profile_dir), cat
+    )
+    kwargs = {k: v for k, v in (("iterations", iterations), ("depth", depth)) if v is not None}
+    trained = fit_with_progress(
+        ranker_rows,
+        organic_rows,
+        seed=seed,
+        data={"sources": {"history": str(settings.profile_dir / "history.parquet")}},
+        **kwargs,
+    )
     registry = Registry(settings.registry_dir)
     version = registry.save_models(trained.ranker, trained.organic, trained.card)
     registry.save_catalog(cat.source)
     if activate:
-        registry.activate(model=version, catalog=cat.version)
-    metrics = trained.card.get("metrics", {})
-    for name, m in metrics.items():
-        console.print(
-            f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
-        )
+        registry.activate(model=version, catalog=cat.version, note={"action": "bootstrap"})
+    print_metrics(trained.card)
     return version
 
 
@@ -726,6 +802,7 @@ def _load_catalog_or_exit(path: Path) -> Catalog:
 
 # The proof commands live beside the ones above, in their own module; importing it registers them.
 from service import audit_commands as _audit_commands  # noqa: E402, F401
+from service import model_commands as _model_commands  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as a module, this file is __main__ while audit_commands registered its commands on

@@ -148,8 +148,13 @@ class Desk:
             raise Unavailable("no model and catalog loaded")
         return self._deployment
 
-    def deploy(self, deployment: Deployment, reason: str) -> None:
-        """Switch model and catalog; in-flight requests finish with the pair they started with."""
+    def deploy(
+        self, deployment: Deployment, reason: str, note: Mapping[str, Any] | None = None
+    ) -> None:
+        """Switch model and catalog; in-flight requests finish with the pair they started with.
+
+        `note` is the registry's account of why this pair was activated (the promotion gate's
+        result, an override and its reason, a rollback), kept in the deployment record."""
         self.store.append(
             [
                 NewRecord(
@@ -161,6 +166,7 @@ class Desk:
                         "model_version": deployment.models.version,
                         "catalog_version": deployment.catalog.version,
                         "reason": reason,
+                        **({"activation": dict(note)} if note else {}),
                     },
                 )
             ]
@@ -192,7 +198,7 @@ class Desk:
             if current and current.catalog.version == active.catalog
             else self.registry.load_catalog(active.catalog)
         )
-        self.deploy(Deployment(models, catalog), reason)
+        self.deploy(Deployment(models, catalog), reason, active.note)
         return True
 
     # -- Decide -----------------------------------------------------------------------------

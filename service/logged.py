@@ -108,6 +108,43 @@ class Logged:
         """The logging policy's probability of the action it took, per decision."""
         return np.where(self.shown, self.logging_p[np.maximum(self.chosen, 0)], self.logging_none)
 
+    @classmethod
+    def concat(cls, parts: Sequence[Logged]) -> Logged:
+        """The decisions of every part, in order (same catalog)."""
+        first = parts[0]
+        if any(p.catalog.version != first.catalog.version for p in parts):
+            raise ValueError("logged decisions of different catalogs cannot be combined")
+        offsets = np.cumsum([0, *(len(p) for p in parts)])
+        row_offsets = np.cumsum([0, *(len(p.row_decision) for p in parts)])
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        return cls(
+            first.catalog,
+            cat("decision_id"),
+            cat("at"),
+            cat("customer"),
+            tuple(c for p in parts for c in p.contexts),
+            cat("logging_none"),
+            np.concatenate(
+                [
+                    np.where(p.chosen >= 0, p.chosen + row_offsets[k], -1)
+                    for k, p in enumerate(parts)
+                ]
+            ),
+            cat("accepted"),
+            np.concatenate([p.row_decision + offsets[k] for k, p in enumerate(parts)]),
+            cat("offer_id"),
+            cat("variant_id"),
+            cat("logging_p"),
+            cat("margin"),
+            cat("full_margin"),
+            cat("lever"),
+            cat("X_ranker"),
+            cat("X_organic"),
+        )
+
     def select(self, mask: np.ndarray) -> Logged:
         """The decisions where `mask` is true, with their candidate rows."""
         keep = np.flatnonzero(mask)
@@ -506,7 +543,8 @@ def organic_from_audit(
 
     A conversion is prompted — and is no organic label — when the same customer accepted an
     offer of that product at most ORGANIC_DAYS before it. Decisions whose window is not over by
-    the log's last record are left out (their labels are not known yet); returns the labels and
+    the log's newest decision, outcome or conversion are left out (their labels are not known
+    yet); returns the labels and
     how many decisions were left out that way.
     """
     from datetime import timedelta
@@ -516,7 +554,12 @@ def organic_from_audit(
     window = timedelta(days=ORGANIC_DAYS)
     con = open_source(path)
     try:
-        (end,) = con.execute("SELECT max(recorded_at) FROM audit_records").fetchall()[0]
+        # The data's horizon: the newest decision, outcome or conversion (a deployment record
+        # written later says nothing about purchases).
+        (end,) = con.execute(
+            "SELECT max(recorded_at) FROM audit_records "
+            "WHERE kind IN ('decision', 'outcome', 'conversion')"
+        ).fetchall()[0]
         rows = _decision_records(con, since, until)
         conversions = con.execute(
             "SELECT subject, product, occurred_at FROM conversions WHERE subject IS NOT NULL"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from service.features import RANKER_FEATURES
 from service.logged import Logged, PolicyScores
+from service.settings import PromotionSettings
 from service.training import fit_one, model_params
 
 Z95 = 1.959963984540054
@@ -238,20 +238,7 @@ def reward_model(logged: Logged, *, folds: int = FOLDS, seed: int = 0) -> np.nda
 # -- the gate ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Gate:
-    """What promotion asks of the off-policy evidence (docs/retraining.md#the-gate)."""
-
-    #: the candidate may be at most this share worse than live, at the DR difference's 95%
-    #: lower bound
-    max_regression: float = 0.05
-    #: fewer treated decisions than this cannot support a promotion
-    min_decisions: int = 1000
-    #: at most this share of the candidate's choices may lack logged support
-    max_unsupported: float = 0.10
-
-
-def gate_findings(comparison: Comparison, gate: Gate) -> list[str]:
+def gate_findings(comparison: Comparison, gate: PromotionSettings) -> list[str]:
     """Why the evidence does not support the candidate; empty when it does."""
     found = []
     if comparison.decisions < gate.min_decisions:
@@ -275,7 +262,3 @@ def gate_findings(comparison: Comparison, gate: Gate) -> list[str]:
             f"{-gate.max_regression:+.0%}"
         )
     return found
-
-
-def gate_document(gate: Gate) -> Mapping[str, Any]:
-    return asdict(gate)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from service.ranker import Models
 class Active:
     model: str
     catalog: str
+    #: why this pair became active (promotion gate, override, rollback), when it was recorded
+    note: Mapping[str, Any] | None = None
 
 
 class Registry:
@@ -35,12 +38,19 @@ class Registry:
         self.models_dir = root / "models"
         self.catalogs_dir = root / "catalogs"
         self.active_path = root / "active.json"
+        #: one JSON line per activation, oldest first: what was active before, and why
+        self.activations_path = root / "activations.jsonl"
 
     # -- storing ------------------------------------------------------------------------------
     def save_models(
-        self, ranker: CatBoostClassifier, organic: CatBoostClassifier, card: dict[str, Any]
+        self,
+        ranker: CatBoostClassifier,
+        organic: CatBoostClassifier,
+        card: dict[str, Any],
+        files: Mapping[str, bytes] | None = None,
     ) -> str:
-        """Store both models and their card; returns the version (hash of the model bytes)."""
+        """Store both models, their card and any `files` (charts); returns the version (hash
+        of the model bytes)."""
         with tempfile.TemporaryDirectory() as tmp:
             r, o = Path(tmp) / "ranker.cbm", Path(tmp) / "organic.cbm"
             ranker.save_model(str(r))
@@ -60,6 +70,10 @@ class Registry:
             (staging / "card.json").write_text(
                 json.dumps({**card, "version": version}, indent=2, sort_keys=True, default=str)
             )
+            for name, data in (files or {}).items():
+                if "/" in name or name in ("ranker.cbm", "organic.cbm", "card.json"):
+                    raise ValueError(f"files: {name!r} is not a plain, free file name")
+                (staging / name).write_bytes(data)
             _fsync_dir_tree(staging)
             os.replace(staging, target)
         return version
@@ -95,7 +109,7 @@ class Registry:
     def active(self) -> Active:
         try:
             raw = json.loads(self.active_path.read_text())
-            return Active(raw["model"], raw["catalog"])
+            return Active(raw["model"], raw["catalog"], raw.get("note"))
         except FileNotFoundError:
             raise ModelError(
                 f"no active model: {self.active_path} does not exist (run `offerdesk train`)"
@@ -103,8 +117,19 @@ class Registry:
         except (ValueError, KeyError) as e:
             raise ModelError(f"{self.active_path} is unreadable: {e}") from None
 
-    def activate(self, *, model: str | None = None, catalog: str | None = None) -> Active:
-        """Make a stored model and/or catalog the active one (checked loadable first)."""
+    def activate(
+        self,
+        *,
+        model: str | None = None,
+        catalog: str | None = None,
+        note: Mapping[str, Any] | None = None,
+    ) -> Active:
+        """Make a stored model and/or catalog the active one (checked loadable first).
+
+        `note` says why (the promotion's gate, an override, a rollback); it is kept in
+        active.json — the service copies it into the audit log's deployment record — and in
+        the activation history that `previous()` reads.
+        """
         try:
             current: Active | None = self.active()
         except ModelError:
@@ -112,16 +137,63 @@ class Registry:
         new = Active(
             model or (current.model if current else ""),
             catalog or (current.catalog if current else ""),
+            dict(note) if note else None,
         )
         if not new.model or not new.catalog:
             raise ModelError("both a model and a catalog must be active")
         self.load_models(new.model)
         self.load_catalog(new.catalog)
-        _atomic_write(
-            self.active_path,
-            json.dumps({"model": new.model, "catalog": new.catalog}, sort_keys=True).encode(),
-        )
+        entry: dict[str, Any] = {"model": new.model, "catalog": new.catalog}
+        if new.note:
+            entry["note"] = new.note
+        # History first: a crash between the two leaves an entry for a pair that was never
+        # active, which previous() skips (it compares with what is active).
+        history = {
+            **entry,
+            "previous": None
+            if current is None
+            else {"model": current.model, "catalog": current.catalog},
+        }
+        self._ensure(self.root)
+        with open(self.activations_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(history, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _atomic_write(self.active_path, json.dumps(entry, sort_keys=True, default=str).encode())
         return new
+
+    def activations(self) -> list[dict[str, Any]]:
+        """The activation history, oldest first (empty before the first activation)."""
+        try:
+            lines = self.activations_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def previous(self) -> Active:
+        """The pair that was active before the current one (what a rollback returns to)."""
+        current = self.active()
+        for entry in reversed(self.activations()):
+            if (entry["model"], entry["catalog"]) == (current.model, current.catalog):
+                before = entry.get("previous")
+                if before:
+                    return Active(before["model"], before["catalog"])
+                break
+        raise ModelError("no earlier model to roll back to: this is the first one activated")
+
+    def model_versions(self) -> list[str]:
+        """Every stored model version, by name."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir() if p.name.startswith("mdl-"))
+
+    def card(self, version: str) -> dict[str, Any]:
+        """A stored model's card, without loading the models."""
+        path = self.models_dir / version / "card.json"
+        try:
+            return dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ModelError(f"model {version} is not in the registry ({path.parent})") from None
 
     def active_stamp(self) -> float:
         """Changes whenever active.json is replaced (for polling)."""

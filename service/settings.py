@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretBytes, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
@@ -115,6 +115,24 @@ class AuditSettings(BaseModel):
         return v
 
 
+class PromotionSettings(BaseModel):
+    """What `offerdesk promote` asks of a candidate model (docs/retraining.md#the-gate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the candidate may be at most this share worse than the live model, at the 95% lower
+    #: bound of the doubly robust estimate of their difference
+    max_regression: float = Field(default=0.05, ge=0, le=1)
+    #: the evidence must come from at least this many logged treated decisions
+    min_decisions: int = Field(default=1000, ge=1)
+    #: at most this share of the candidate's choices may be actions the logging policy never took
+    max_unsupported: float = Field(default=0.10, ge=0, le=1)
+    #: latency budget of one decision's model work, measured on logged decisions: scoring
+    #: every candidate with both models, and exact SHAP of the chosen one (p99, ms)
+    score_p99_ms: float = Field(default=6.0, gt=0)
+    explain_p99_ms: float = Field(default=4.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the service, CLI and demo are configured by."""
 
@@ -142,6 +160,7 @@ class Settings(BaseSettings):
     hash_key: SecretStr | None = None
     holdout_key: SecretStr | None = None
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @field_validator("listen")
     @classmethod

@@ -84,7 +84,7 @@ def stub(server: Running) -> Iterator[pb_grpc.OfferDeskStub]:
 
 @pytest.fixture(scope="session")
 def traffic_log(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Four weeks of simulated production in a real audit log: 2,400 resolved tickets played
+    """Six and a half weeks of simulated production in a real audit log: 2,400 resolved tickets played
     through a real server's Desk on a simulated clock (service.traffic), with outcomes,
     prompted and organic conversions, treated and holdout customers. The server is stopped,
     so the file can be opened read-only. Tests must not write to it (copy it first)."""
@@ -103,7 +103,7 @@ def traffic_log(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             load_world(d / "profiles"),
             tickets=2400,
             start=datetime(2026, 10, 1, tzinfo=UTC),
-            days=28,
+            days=45,
             seed=5,
         )
     finally:

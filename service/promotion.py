@@ -1,0 +1,221 @@
+"""Promotion: judge a candidate model on logged traffic, then make it active or roll back.
+
+`evaluate` is the gate's evidence: the candidate's and the live model's policies valued on the
+same logged treated decisions (service.ope), and the candidate's model latency measured on those
+decisions' candidates. `promote` refuses what the gate does not support unless told to, and
+records why in the registry (which the running service copies into its deployment record);
+the service picks the new pair up through its reload poll, without a restart.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import ope
+from service.logged import AuditWindow, Logged, from_audit, from_history, policy_of
+from service.ranker import Models
+from service.registry import Active, Registry
+from service.settings import PromotionSettings
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Model work for one decision, in ms, over `decisions` logged decisions."""
+
+    decisions: int
+    score_p50: float
+    score_p99: float
+    explain_p50: float
+    explain_p99: float
+
+
+def measure_latency(models: Models, logged: Logged, *, sample: int = 300) -> Latency:
+    """Time scoring every candidate of a logged decision with both models, and exact SHAP of
+    one candidate, as decide() does, on up to `sample` decisions that had candidates."""
+    with_rows = np.unique(logged.row_decision)
+    if len(with_rows) == 0:
+        raise ValueError("no logged decision had candidates to score")
+    rng = np.random.default_rng(0)
+    picked = rng.choice(with_rows, min(sample, len(with_rows)), replace=False)
+    score, explain = [], []
+    for i, d in enumerate(picked):
+        rows = np.flatnonzero(logged.row_decision == d)
+        ranker, organic = logged.X_ranker[rows], logged.X_organic[rows]
+        t0 = time.perf_counter()
+        models.p_accept(ranker)
+        models.p_anyway(organic)
+        t1 = time.perf_counter()
+        models.explain(ranker[0])
+        t2 = time.perf_counter()
+        if i >= 5:  # the first calls warm caches up
+            score.append((t1 - t0) * 1000)
+            explain.append((t2 - t1) * 1000)
+    if not score:
+        score, explain = [(t1 - t0) * 1000], [(t2 - t1) * 1000]
+    return Latency(
+        len(score),
+        statistics.median(score),
+        _p99(score),
+        statistics.median(explain),
+        _p99(explain),
+    )
+
+
+def _p99(xs: list[float]) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    live: str
+    candidate: str
+    catalog: str
+    window: AuditWindow
+    history_decisions: int
+    comparison: ope.Comparison
+    latency: Latency
+    findings: tuple[str, ...]
+
+    @property
+    def supported(self) -> bool:
+        return not self.findings
+
+    def document(self, scale: float) -> dict[str, Any]:
+        w = self.window
+        return {
+            "live_model": self.live,
+            "candidate_model": self.candidate,
+            "catalog": self.catalog,
+            "window": {
+                "since": None if w.since is None else w.since.isoformat(),
+                "until": None if w.until is None else w.until.isoformat(),
+                "first_decision": None if w.first is None else w.first.isoformat(),
+                "last_decision": None if w.last is None else w.last.isoformat(),
+                "audit_treated_decisions": w.read,
+                "holdout_skipped": w.holdout,
+                "other_catalog_skipped": w.other_catalog,
+                "history_decisions": self.history_decisions,
+            },
+            "value_per_decision": self.comparison.document(scale),
+            "latency_ms": {
+                "decisions": self.latency.decisions,
+                "score_p50": round(self.latency.score_p50, 3),
+                "score_p99": round(self.latency.score_p99, 3),
+                "explain_p50": round(self.latency.explain_p50, 3),
+                "explain_p99": round(self.latency.explain_p99, 3),
+            },
+            "supported": self.supported,
+            "findings": list(self.findings),
+        }
+
+
+def evaluate(
+    registry: Registry,
+    audit: Path,
+    candidate: str,
+    gate: PromotionSettings,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    history: Path | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """The gate's evidence for `candidate` against the active model, on the audit log at
+    `audit` (a DuckDB file or an export) made with the active catalog, and optionally the
+    bootstrap history (the old process's logs) too."""
+    active = registry.active()
+    catalog = registry.load_catalog(active.catalog)
+    live_models = registry.load_models(active.model)
+    cand_models = registry.load_models(candidate)
+    logged, window = from_audit(audit, catalog, since=since, until=until)
+    history_n = 0
+    if history is not None:
+        from service.simulator import load_history
+
+        past = from_history(load_history(history), catalog)
+        history_n = len(past)
+        logged = Logged.concat([past, logged])
+    if len(logged) == 0:
+        raise ValueError("no logged treated decisions made with the active catalog in this window")
+    q = ope.reward_model(logged, seed=seed)
+    comparison = ope.compare(
+        logged, policy_of(live_models, logged), policy_of(cand_models, logged), q
+    )
+    latency = measure_latency(cand_models, logged)
+    findings = ope.gate_findings(comparison, gate)
+    if latency.score_p99 > gate.score_p99_ms:
+        findings.append(
+            f"scoring takes {latency.score_p99:.2f} ms at p99 (budget {gate.score_p99_ms} ms)"
+        )
+    if latency.explain_p99 > gate.explain_p99_ms:
+        findings.append(
+            f"exact SHAP takes {latency.explain_p99:.2f} ms at p99 "
+            f"(budget {gate.explain_p99_ms} ms)"
+        )
+    return Evaluation(
+        active.model,
+        candidate,
+        catalog.version,
+        window,
+        history_n,
+        comparison,
+        latency,
+        tuple(findings),
+    )
+
+
+def promote(
+    registry: Registry,
+    evaluation: Evaluation,
+    *,
+    scale: float,
+    force: str | None = None,
+    by: str = "",
+) -> Active:
+    """Activate the evaluated candidate; refuses (ValueError) unless the gate supports it or
+    `force` gives the reason to override it. The registry keeps the evidence and the override."""
+    if registry.active().model != evaluation.live:
+        raise ValueError(
+            f"the active model changed since the evaluation (now {registry.active().model}): "
+            "evaluate again"
+        )
+    if not evaluation.supported and not force:
+        raise ValueError(
+            "the gate does not support this candidate: " + "; ".join(evaluation.findings)
+        )
+    doc = evaluation.document(scale)
+    note = {
+        "action": "promote",
+        "at": datetime.now(UTC).isoformat(),
+        "by": by,
+        "from_model": evaluation.live,
+        "supported": evaluation.supported,
+        "findings": list(evaluation.findings),
+        "override": force or None,
+        "dr_difference": doc["value_per_decision"]["difference_dr"],
+        "decisions": doc["value_per_decision"]["decisions"],
+    }
+    return registry.activate(model=evaluation.candidate, note=note)
+
+
+def rollback(registry: Registry, *, reason: str = "", by: str = "") -> Active:
+    """Return to the pair that was active before the current one."""
+    current = registry.active()
+    before = registry.previous()
+    note = {
+        "action": "rollback",
+        "at": datetime.now(UTC).isoformat(),
+        "by": by,
+        "from_model": current.model,
+        "from_catalog": current.catalog,
+        "reason": reason or None,
+    }
+    return registry.activate(model=before.model, catalog=before.catalog, note=note)
