@@ -84,8 +84,9 @@ def stub(server: Running) -> Iterator[pb_grpc.OfferDeskStub]:
 
 @pytest.fixture(scope="session")
 def traffic_log(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Six and a half weeks of simulated production in a real audit log: 2,400 resolved tickets played
-    through a real server's Desk on a simulated clock (service.traffic), with outcomes,
+    """Six and a half weeks of simulated production in a real audit log: 2,400 resolved
+    tickets played through a real server's Desk on a simulated clock (service.traffic), with
+    outcomes,
     prompted and organic conversions, treated and holdout customers. The server is stopped,
     so the file can be opened read-only. Tests must not write to it (copy it first)."""
     from datetime import UTC, datetime
