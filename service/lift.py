@@ -474,12 +474,12 @@ def build_report(
     chosen = [i for i, keep in enumerate(included) if keep]
     if not chosen:
         what = "whose 30-day window has closed " if complete_only and any(in_range) else ""
-        raise LiftError(f"no decisions {what}{_span(since, until)} in the log")
+        raise LiftError(f"no decisions {what}{_span(since, until)}")
     by_group = {g: [i for i in chosen if tickets[i].group == g] for g in GROUPS}
     if not by_group[HOLDOUT]:
         raise LiftError(
             f"no holdout decisions {_span(since, until)}: there is nothing to compare the "
-            "offers with (is the holdout share 0 in the settings?)"
+            "offers with (is the catalog's policy.holdout_share 0?)"
         )
     if not by_group[TREATED]:
         raise LiftError(f"no treated decisions {_span(since, until)}: no offer could be made")
@@ -682,7 +682,7 @@ def _with_caveats(report: LiftReport, unknown: Mapping[str, int]) -> LiftReport:
 
 def _span(since: datetime | None, until: datetime | None) -> str:
     if since is None and until is None:
-        return "at any time"
+        return "in the log"
     if until is None:
         return f"from {_iso(since)}"
     if since is None:

@@ -70,8 +70,10 @@ def lift(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
 ) -> None:
-    """Did the offers make money that would not have come anyway? Treated against holdout
-    per 1,000 resolved tickets, with 95% intervals clustered by customer."""
+    """Did the offers make money that would not have come anyway?
+
+    Treated against holdout per 1,000 resolved tickets, with 95% intervals clustered by
+    customer (docs/lift.md)."""
     from rich.markup import escape
 
     from audit.errors import AuditError, AuditLocked
