@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from service.catalog import currency_exponent
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -135,16 +137,16 @@ def lift(
 # -- the figures as text -----------------------------------------------------------------------
 
 
-def _money(minor: float, currency: str) -> str:
-    from service.catalog import currency_exponent
-
-    return f"{currency} {minor / 10.0 ** currency_exponent(currency):,.0f}"
+def _major(minor: float, currency: str) -> float:
+    return minor / 10.0 ** currency_exponent(currency)
 
 
 def _amount(minor: float, currency: str) -> str:
-    from service.catalog import currency_exponent
+    return f"{_major(minor, currency):,.0f}"
 
-    return f"{minor / 10.0 ** currency_exponent(currency):,.0f}"
+
+def _money(minor: float, currency: str) -> str:
+    return f"{currency} {_amount(minor, currency)}"
 
 
 def _number(value: float, kind: str, currency: str, *, signed: bool = False) -> str:
@@ -492,12 +494,6 @@ def _pyplot(salt: str) -> Any:
         }
     )
     return plt
-
-
-def _major(minor: float, currency: str) -> float:
-    from service.catalog import currency_exponent
-
-    return minor / 10.0 ** currency_exponent(currency)
 
 
 def _whisker(e: Estimate, currency: str) -> float:
