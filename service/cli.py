@@ -170,10 +170,10 @@ def train(
     weighting: Annotated[
         str,
         typer.Option(
-            help="With --from-audit: 'propensity' weights shown offers by 1/propensity "
-            "(capped); 'none' does not."
+            help="With --from-audit: 'none' (default: the explored rows and the logged inputs "
+            "handle selection; docs/retraining.md) or 'propensity' (1/propensity, capped)."
         ),
-    ] = "propensity",
+    ] = "none",
 ) -> None:
     """Train the acceptance and organic-purchase models: on the simulator's bootstrap history,
     or with --from-audit on what the service logged."""

@@ -180,7 +180,7 @@ def train_from_audit(
     }
     try:
         trained = fit_with_progress(
-            ranker_rows, organic_rows, weighting=weighting, data=data, **kwargs
+            ranker_rows, organic_rows, weighting=weighting, refit=True, data=data, **kwargs
         )
     except ValueError as e:
         err.print(f"[red]cannot train:[/red] {e}")

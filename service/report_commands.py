@@ -105,6 +105,11 @@ def lift(
         err.print(f"[red]--audit:[/red] {escape(str(path))}: no such file{escape(where)}")
         raise typer.Exit(2)
     try:
+        if audit is None:
+            # While the service holds its log, read a sealed export it makes (audit API).
+            from service.model_commands import readable_log
+
+            path = readable_log(settings, None)
         report = lift_report(
             path, settings.registry_dir, since=low, until=high, complete_only=complete_only
         )

@@ -262,8 +262,9 @@ def _utc_naive(t: datetime) -> datetime:
 class TrainedModels:
     """The acceptance model, the organic-purchase model, and the card that describes both.
 
-    Both were fitted on the rows before the card's `data_window.validation_from`; its metrics
-    were measured on the rows from then on, so they describe exactly these models.
+    Both were fitted on the rows before the card's `data_window.validation_from` and measured
+    on the rows from then on, unless `data_window.fitted_on` says they were refitted on all
+    rows after that measurement.
     """
 
     ranker: CatBoostClassifier
@@ -293,6 +294,7 @@ def fit(
     progress: Progress | None = None,
     weighting: str = "none",
     clip: float = DEFAULT_WEIGHT_CLIP,
+    refit: bool = False,
     data: Mapping[str, Any] | None = None,
 ) -> TrainedModels:
     """Fit both models on the older 80% of decision time and measure them on the newest 20%.
@@ -304,8 +306,9 @@ def fit(
     `weighting="propensity"` weights each ranker row by 1 / (the logging policy's probability
     of showing it), capped at `clip` and scaled to mean 1, so that offers the logging policy
     rarely showed count as much as they would under uniform exploration (see
-    docs/retraining.md for its measured effect). `data` (window, sources, filters) goes on the
-    card as given.
+    docs/retraining.md for its measured effect). `refit` fits the stored models again on all
+    rows once validated, so the newest rows — under a time split, all of a new log's — are
+    learnt from too. `data` (window, sources, filters) goes on the card as given.
     """
     if weighting not in ("none", "propensity"):
         raise ValueError(f"weighting must be 'none' or 'propensity', got {weighting!r}")
@@ -375,6 +378,21 @@ def fit(
                 "clip": clip,
                 "effective_rows": round(effective_size(weights), 1),
             }
+        if refit:
+            # The newest rows are the ones most like tomorrow's traffic: the model that is
+            # stored learns from them too, with the parameters just validated.
+            started = time.perf_counter()
+            models[name] = fit_one(
+                rows.X,
+                rows.y,
+                rows.featureset,
+                params,
+                weights=None if weights is None else propensity_weights(rows.propensity, clip=clip),
+                progress=_Reporter(f"{name} (all rows)", iterations, progress)
+                if progress
+                else None,
+            )
+            seconds[f"{name}_refit"] = round(time.perf_counter() - started, 3)
     card = {
         "catalog_version": ranker_rows.catalog_version,
         "data_window": {
@@ -382,6 +400,10 @@ def fit(
             "end": _iso(times[-1]),
             "validation_from": _iso(cut),
             "split": f"by decision time: the newest {VALIDATION_SHARE:.0%} is held out",
+            "fitted_on": "all rows: refitted after validation with the same parameters; the "
+            "metrics are those of the fit on the older rows"
+            if refit
+            else "the rows before validation_from; the metrics describe this model",
         },
         "rows": counts,
         "features": {
