@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC := protos/offerdesk/v1/offerdesk.proto protos/offerdesk/v1/audit.proto
 PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py protos/offerdesk/v1/audit_pb2.py
 
-.PHONY: setup proto browser demo test lint clean
+.PHONY: setup proto browser demo test lint bench-policy clean
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -38,6 +38,12 @@ lint: setup
 	$(VENV)/bin/ruff check service explain audit console_adapters tests
 	$(VENV)/bin/ruff format --check service explain audit console_adapters tests
 	$(VENV)/bin/mypy service explain audit console_adapters
+
+# offerdesk's policy against peers (propensity-only, rules-only, a VW bandit) on fresh simulated
+# traffic; figures in var/bench/policy.json.
+bench-policy: setup
+	$(PY) -m pip install -q -e '.[policy-bench]'
+	$(PY) scripts/bench_policy.py
 
 clean:
 	rm -rf var .pytest_cache catboost_info
