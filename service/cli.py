@@ -125,6 +125,54 @@ def simulate(
 
 
 @app.command()
+def play(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    tickets: Annotated[int, typer.Option(min=1, help="Resolved tickets to play.")] = 3000,
+    days: Annotated[float, typer.Option(min=0.01, help="Simulated days they spread over.")] = 45,
+    seed: int = 11,
+) -> None:
+    """Play simulated weeks of production into the data dir's audit log (service stopped):
+    decisions, agents' answers and billing's conversions by the simulator's truth, on a
+    simulated clock ending now. For trying retraining, evaluation and the lift report."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.progress import Progress
+
+    from service.errors import OfferDeskError
+    from service.server import start
+    from service.simulator import load_world
+    from service.traffic import play as run
+
+    settings = _settings(config, data_dir, listen="127.0.0.1:0")
+    try:
+        running = start(settings)
+        world = load_world(settings.profile_dir)
+    except (OfferDeskError, OSError, ValueError) as e:
+        err.print(f"[red]cannot start:[/red] {e}")
+        raise typer.Exit(1) from None
+    try:
+        with Progress(console=console) as bar:
+            task = bar.add_task("playing tickets", total=tickets)
+            summary = run(
+                running.desk,
+                world,
+                tickets=tickets,
+                start=datetime.now(UTC) - timedelta(days=days),
+                days=days,
+                seed=seed,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+    finally:
+        running.stop()
+    console.print(
+        f"{summary.decisions:,} decisions, {summary.offers:,} offers "
+        f"({summary.accepted:,} accepted), {summary.prompted_conversions:,} prompted and "
+        f"{summary.organic_conversions:,} organic conversions → {settings.audit_path}"
+    )
+
+
+@app.command()
 def train(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,

@@ -115,6 +115,9 @@ def play(
         cid = world.resolve(ev["helpdesk"], ev["external_customer_id"])
         assert cid is not None
         view = world.view(cid)
+        # Ticket numbers restart with every stream: tag them with this run, so a second run
+        # (or the demo's) into the same log makes new request keys, not conflicting retries.
+        ev = {**ev, "ticket_id": f"{ev['ticket_id']}-{seed}-{int(start.timestamp())}"}
         req = decide_request(ev)
         cmd = validation.decide_command(
             req, now=at, tags=catalog.spec.ticket_tags, fields=catalog.spec.ticket_fields

@@ -186,3 +186,17 @@ def test_rollback_with_nothing_before_says_so(data_dir: Path) -> None:
 def test_evaluate_names_an_unknown_model(traffic_log: Settings) -> None:
     out = cli("evaluate", "--candidate", "mdl-nope", "--data-dir", str(traffic_log.data_dir))
     assert out.returncode == 2 and "mdl-nope" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_latency_is_refused_only_over_budget_and_slower_than_live() -> None:
+    from service.promotion import Latency, latency_findings
+    from service.settings import PromotionSettings
+
+    gate = PromotionSettings(score_p99_ms=2.0, explain_p99_ms=3.0)
+    live = Latency(300, 0.3, 0.5, 1.5, 2.5)
+    assert latency_findings(Latency(300, 0.3, 0.5, 1.5, 2.9), live, gate) == []
+    # A loaded machine: both slow alike, the candidate is not what breaks the budget.
+    loaded = Latency(300, 1.0, 4.0, 5.0, 9.0)
+    assert latency_findings(Latency(300, 1.0, 4.2, 5.0, 9.5), loaded, gate) == []
+    (found,) = latency_findings(Latency(300, 0.3, 0.5, 4.0, 6.0), live, gate)
+    assert found.startswith("exact SHAP takes 6.00 ms") and "2.4× the live" in found
