@@ -308,12 +308,13 @@ def _show(evaluation: Any, scale: float) -> None:
         f"candidate's choices without logged support: {v['candidate']['unsupported']:.2%}; "
         f"effective decisions (IPS weights): {v['candidate']['effective_decisions']:,.0f}"
     )
-    lat = doc["latency_ms"]
-    console.print(
-        f"model latency per decision: scoring p50 {lat['score_p50']:.2f} ms, p99 "
-        f"{lat['score_p99']:.2f} ms; exact SHAP p50 {lat['explain_p50']:.2f} ms, p99 "
-        f"{lat['explain_p99']:.2f} ms"
-    )
+    for who in ("candidate", "live"):
+        lat = doc["latency_ms"][who]
+        console.print(
+            f"{who} model work per decision (fastest of 3, {lat['decisions']} decisions): "
+            f"scoring p50 {lat['score_p50']:.2f} ms, p99 {lat['score_p99']:.2f} ms; "
+            f"exact SHAP p50 {lat['explain_p50']:.2f} ms, p99 {lat['explain_p99']:.2f} ms"
+        )
     if evaluation.supported:
         console.print("[green]✓ the gate supports this candidate[/green]")
     else:

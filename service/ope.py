@@ -20,16 +20,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from service.features import RANKER_FEATURES
+from service.lift import ratio
 from service.logged import Logged, PolicyScores
 from service.settings import PromotionSettings
 from service.training import fit_one, model_params
 
-Z95 = 1.959963984540054
+Z95 = NormalDist().inv_cdf(0.975)
 #: folds of the cross-fitted reward model
 FOLDS = 2
 #: the reward model is small: it only needs to rank and roughly calibrate p(accept)
@@ -52,30 +54,24 @@ class Interval:
         return self.low <= x <= self.high
 
 
+def cluster_ratio(num: np.ndarray, den: np.ndarray, clusters: np.ndarray) -> Interval:
+    """Σ num / Σ den with a cluster-robust (by customer) 95% interval: service.lift.ratio, the
+    one definition of that estimator, on per-customer totals."""
+    if len(num) == 0:
+        raise ValueError("no decisions to estimate from")
+    _, inverse = np.unique(clusters, return_inverse=True)
+    estimate = ratio(
+        np.bincount(inverse, weights=num).tolist(), np.bincount(inverse, weights=den).tolist()
+    )
+    if estimate.se is None:  # one customer: no interval
+        return Interval(estimate.value, -math.inf, math.inf)
+    half = Z95 * estimate.se
+    return Interval(estimate.value, estimate.value - half, estimate.value + half)
+
+
 def cluster_mean(terms: np.ndarray, clusters: np.ndarray) -> Interval:
     """The mean of per-decision terms with a cluster-robust (by customer) 95% interval."""
-    n = len(terms)
-    if n == 0:
-        raise ValueError("no decisions to average")
-    mean = float(terms.mean())
-    _, inverse = np.unique(clusters, return_inverse=True)
-    sums = np.bincount(inverse, weights=terms - mean)
-    g = len(sums)
-    var = (g / (g - 1) if g > 1 else 1.0) * float((sums**2).sum()) / n**2
-    se = math.sqrt(var)
-    return Interval(mean, mean - Z95 * se, mean + Z95 * se)
-
-
-def cluster_ratio(num: np.ndarray, den: np.ndarray, clusters: np.ndarray) -> Interval:
-    """Σ num / Σ den with a cluster-robust delta-method 95% interval."""
-    total = float(den.sum())
-    if total <= 0:
-        raise ValueError("the denominator sums to zero")
-    ratio = float(num.sum()) / total
-    resid = (num - ratio * den) / (total / len(den))
-    spread = cluster_mean(resid, clusters)
-    half = spread.high - spread.value
-    return Interval(ratio, ratio - half, ratio + half)
+    return cluster_ratio(terms, np.ones(len(terms)), clusters)
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ def measure_latency(
 
     Each decision is timed `repeats` times and its fastest run kept: on a shared machine a
     single run measures the neighbours as much as the model (one p99 of single runs came out
-    at 289 ms while a benchmark ran beside it; the fastest of three stays within the budget's
-    reach), and a model's cost does not vary between runs of the same input.
+    at 289 ms while a benchmark ran beside it), and a model's cost does not vary between runs
+    of the same input.
     """
     with_rows = np.unique(logged.row_decision)
     if len(with_rows) == 0:
@@ -75,6 +75,26 @@ def measure_latency(
     )
 
 
+def latency_findings(candidate: Latency, live: Latency, gate: PromotionSettings) -> list[str]:
+    """Over the budget and slower than the live model measured in the same run: a loaded
+    machine slows both alike, and then the candidate is not what breaks the budget."""
+    found = []
+    for what, cand, now, budget in (
+        ("scoring", candidate.score_p99, live.score_p99, gate.score_p99_ms),
+        ("exact SHAP", candidate.explain_p99, live.explain_p99, gate.explain_p99_ms),
+    ):
+        if cand > budget and cand > SLOWER * now:
+            found.append(
+                f"{what} takes {cand:.2f} ms at p99: over the {budget:g} ms budget and "
+                f"{cand / now:.1f}× the live model's {now:.2f} ms measured beside it"
+            )
+    return found
+
+
+#: how much slower than the live model a candidate over budget may be before it is refused
+SLOWER = 1.25
+
+
 def _p99(xs: list[float]) -> float:
     ordered = sorted(xs)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -89,6 +109,7 @@ class Evaluation:
     history_decisions: int
     comparison: ope.Comparison
     latency: Latency
+    live_latency: Latency
     findings: tuple[str, ...]
 
     @property
@@ -113,15 +134,22 @@ class Evaluation:
             },
             "value_per_decision": self.comparison.document(scale),
             "latency_ms": {
-                "decisions": self.latency.decisions,
-                "score_p50": round(self.latency.score_p50, 3),
-                "score_p99": round(self.latency.score_p99, 3),
-                "explain_p50": round(self.latency.explain_p50, 3),
-                "explain_p99": round(self.latency.explain_p99, 3),
+                "candidate": _latency(self.latency),
+                "live": _latency(self.live_latency),
             },
             "supported": self.supported,
             "findings": list(self.findings),
         }
+
+
+def _latency(x: Latency) -> dict[str, float]:
+    return {
+        "decisions": x.decisions,
+        "score_p50": round(x.score_p50, 3),
+        "score_p99": round(x.score_p99, 3),
+        "explain_p50": round(x.explain_p50, 3),
+        "explain_p99": round(x.explain_p99, 3),
+    }
 
 
 def evaluate(
@@ -156,17 +184,9 @@ def evaluate(
     comparison = ope.compare(
         logged, policy_of(live_models, logged), policy_of(cand_models, logged), q
     )
+    live_latency = measure_latency(live_models, logged)
     latency = measure_latency(cand_models, logged)
-    findings = ope.gate_findings(comparison, gate)
-    if latency.score_p99 > gate.score_p99_ms:
-        findings.append(
-            f"scoring takes {latency.score_p99:.2f} ms at p99 (budget {gate.score_p99_ms} ms)"
-        )
-    if latency.explain_p99 > gate.explain_p99_ms:
-        findings.append(
-            f"exact SHAP takes {latency.explain_p99:.2f} ms at p99 "
-            f"(budget {gate.explain_p99_ms} ms)"
-        )
+    findings = ope.gate_findings(comparison, gate) + latency_findings(latency, live_latency, gate)
     return Evaluation(
         active.model,
         candidate,
@@ -175,6 +195,7 @@ def evaluate(
         history_n,
         comparison,
         latency,
+        live_latency,
         tuple(findings),
     )
 
