@@ -227,7 +227,8 @@ def promote(
         "from_model": evaluation.live,
         "supported": evaluation.supported,
         "findings": list(evaluation.findings),
-        "override": force or None,
+        # an override is recorded only when it was needed
+        "override": None if evaluation.supported else force,
         "dr_difference": doc["value_per_decision"]["difference_dr"],
         "decisions": doc["value_per_decision"]["decisions"],
     }
