@@ -117,3 +117,18 @@ def test_rules_cannot_read_variables_their_level_does_not_set() -> None:
     text = str(e.value)
     assert "offer seats-10, rule seats-near-limit: reads variant" in text
     assert "guardrails, rule no-sale-during-billing-dispute: reads offer" in text
+
+
+@pytest.mark.parametrize(("offers", "rules"), [(20, 50), (10, 10), (10, 500), (1000, 1200)])
+def test_synthetic_catalogs_have_exactly_the_size_asked_for(offers: int, rules: int) -> None:
+    from service.catalog_synth import synthetic_catalog
+
+    catalog = parse_catalog(synthetic_catalog(offers, rules), "synthetic")
+    assert len(catalog.offers) == offers and len(catalog.rules()) == rules
+    assert {len(o.variants) for o in catalog.offers} == {3}
+    assert len({o.id for o in catalog.offers}) == offers
+    for o in catalog.offers:
+        full, *discounts = o.variants
+        assert full.discount_bps == 0 and all(v.price_minor < full.price_minor for v in discounts)
+    with pytest.raises(ValueError, match="one trigger per offer"):
+        synthetic_catalog(10, 9)
