@@ -86,3 +86,31 @@ def why_not(
             )
             out.append(WhyNot(offer_id, "LOWER_VALUE", "", detail, value))
     return tuple(out)
+
+
+#: at most this many why-not entries are kept per decision; the rest are counted by code
+MAX_DETAIL = 20
+
+
+def cap(
+    entries: tuple[WhyNot, ...], limit: int = MAX_DETAIL
+) -> tuple[tuple[WhyNot, ...], tuple[tuple[str, int], ...]]:
+    """The entries worth reading, and how many of each code were left out.
+
+    A catalog of a thousand offers would otherwise put a thousand entries in every record and
+    reply. Kept first: the scored offers, highest value first (the close contenders); then the
+    excluded ones, in catalog order. The kept entries stay in catalog order; with `limit` or
+    fewer entries nothing changes.
+    """
+    if len(entries) <= limit:
+        return entries, ()
+    ranked = sorted(
+        range(len(entries)),
+        key=lambda i: (entries[i].value is None, -(entries[i].value or 0.0), i),
+    )
+    kept = set(ranked[:limit])
+    omitted: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if i not in kept:
+            omitted[e.code] = omitted.get(e.code, 0) + 1
+    return tuple(e for i, e in enumerate(entries) if i in kept), tuple(sorted(omitted.items()))

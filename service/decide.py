@@ -17,7 +17,7 @@ from typing import Any
 from audit.records import decode_time, encode_time
 from explain.contributions import Contributions
 from explain.reasons import EXPLORATION_NOTE, Reason, ReasonSpec, reasons
-from explain.why_not import Exclusion, WhyNot, why_not
+from explain.why_not import Exclusion, WhyNot, cap, why_not
 from service import policy, rules
 from service.arbitration import NO_OFFER, Arbitration, Scored, action_key, arbitrate
 from service.arbitration import incremental_value as _value
@@ -122,7 +122,9 @@ class Decision:
         """The decision's part of the audit record (the server adds ids and versions)."""
         arb = self.arbitration
         probs = dict(arb.probabilities) if arb else {NO_OFFER: 1.0}
-        return {
+        # Bounded however large the catalog: the entries worth reading, the rest counted.
+        why, omitted = cap(self.why_not)
+        record = {
             "group": self.group,
             "kind": self.kind,
             "no_offer_reason": self.no_offer_reason,
@@ -160,10 +162,13 @@ class Decision:
                     "detail": w.detail,
                     "value": w.value,
                 }
-                for w in self.why_not
+                for w in why
             ],
             "rule_errors": [{"rule_id": r, "error": e} for r, e in self.rule_errors],
         }
+        if omitted:  # only then: records of smaller catalogs stay as they were
+            record["why_not_omitted"] = dict(omitted)
+        return record
 
 
 def _card_record(card: Card, catalog: Catalog) -> dict[str, Any]:

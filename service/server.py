@@ -132,6 +132,7 @@ def decision_response(seq: int, b: Mapping[str, Any], outcome: str | None) -> pb
         if w["value"] is not None:
             item.value = w["value"]
         resp.why_not.append(item)
+    resp.why_not_omitted.update(b.get("why_not_omitted", {}))
     return resp
 
 

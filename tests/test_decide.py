@@ -307,3 +307,33 @@ def test_why_not_never_calls_a_better_offer_lower_value(world, models, catalog) 
                 assert d.card.explored
         assert d.card.value >= cat.value_floor_minor  # exploration keeps to the floor too
     assert checked >= 20 and explored >= 3
+
+
+def test_why_not_stays_bounded_in_a_catalog_of_a_hundred_offers(
+    models: Models, world: World
+) -> None:
+    from explain.why_not import MAX_DETAIL
+    from service.catalog_synth import synthetic_catalog
+
+    catalog = parse_catalog(synthetic_catalog(100, 120), "synthetic")
+    seen_omitted = 0
+    for cid in sorted(world.profiles)[:40]:
+        view = world.view(cid)
+        ticket = {"category": "access", "product_area": "seats", "channel": "chat",
+                  "reopen_count": 0, "tags": [], "fields": {}}  # fmt: skip
+        inputs = DecisionInputs(datetime(2026, 6, 15, tzinfo=UTC), 7, 0.9, view, ticket, ())
+        decision = decide(inputs, models, catalog)
+        record = decision.to_record(catalog)
+        kept, omitted = record["why_not"], record.get("why_not_omitted", {})
+        assert len(kept) <= MAX_DETAIL
+        # Nothing is lost: kept plus counted is every offer but the one picked.
+        picked = 1 if decision.kind == "offer" else 0
+        assert len(kept) + sum(omitted.values()) == 100 - picked == len(decision.why_not)
+        # The close contenders are kept: no omitted scored offer beats a kept one.
+        kept_values = [w["value"] for w in kept if w["value"] is not None]
+        dropped = [w.value for w in decision.why_not if w.value is not None
+                   and all(k["offer_id"] != w.offer_id for k in kept)]  # fmt: skip
+        if kept_values and dropped:
+            assert max(dropped) <= min(kept_values)
+        seen_omitted += bool(omitted)
+    assert seen_omitted > 0
