@@ -74,6 +74,18 @@ class _DecisionIndex:
     decided_at: datetime
 
 
+#: every key of a record body that memory is rebuilt from (Desk._fold_fields and
+#: ContactBook.apply), with its JSON type: a key read there must be named here
+REBUILD_SHAPE = """{"body": {
+  "decision_id": "VARCHAR", "request_key_hash": "VARCHAR", "ticket_hash": "VARCHAR",
+  "payload_hash": "VARCHAR", "kind": "VARCHAR", "group": "VARCHAR",
+  "card": {"offer_id": "VARCHAR"}, "inputs": {"now": "VARCHAR"},
+  "outcome": "VARCHAR", "occurred_at": "VARCHAR",
+  "transaction_hash": "VARCHAR", "product": "VARCHAR", "marketing_consent": "BOOLEAN"}}"""
+#: the kinds that change memory
+REBUILD_KINDS = ("decision", "outcome", "conversion", "consent", "erasure")
+
+
 class Desk:
     def __init__(
         self,
@@ -105,42 +117,46 @@ class Desk:
 
     # -- start-up and reload --------------------------------------------------------------
     def _rebuild(self) -> None:
+        # Only the fields _fold_fields reads, parsed in DuckDB: json.loads of whole records was
+        # half of start-up (3.4 s of 6.9 s for 100k records). Cut records (past their
+        # retention) are skipped: nothing of them is read back (audit.retention).
         n = 0
-        erasures: list[StoredRecord] = []
-        for r in self.store.scan():
+        for seq, kind, subject, fields in self.store.scan_fields(REBUILD_SHAPE, REBUILD_KINDS):
             n += 1
-            if r.cut:  # past its retention: nothing of it is read back (audit.retention)
-                continue
-            self._fold(Committed.read(r))
-            if r.kind == "erasure":
-                erasures.append(r)
+            self._fold_fields(seq, kind, subject, fields["body"])
         log.info("rebuilt state from %d audit records", n)
         # Before serving: an erasure recorded but not applied (crash) is applied now.
+        erasures = [r for r in self.store.scan(kinds={"erasure"}) if not r.cut]
         erasure.finish_pending(self.vault, self._hash_key, erasures)
 
     def _fold(self, c: Committed) -> None:
         """Bring memory up to date with one committed record (contact book and indexes)."""
-        self.contacts.apply(c.record.kind, c.record.subject, c.body)
-        with self._index_lock:
-            self._index(c)
+        self._fold_fields(c.record.seq, c.record.kind, c.record.subject, c.body)
 
-    def _index(self, c: Committed) -> None:
-        r, body = c.record, c.body
-        if r.kind == "decision":
+    def _fold_fields(
+        self, seq: int, kind: str, subject: str | None, body: Mapping[str, Any]
+    ) -> None:
+        """The one way a record changes memory; reads only the keys in REBUILD_SHAPE."""
+        self.contacts.apply(kind, subject, body)
+        with self._index_lock:
+            self._index(seq, kind, subject, body)
+
+    def _index(self, seq: int, kind: str, subject: str | None, body: Mapping[str, Any]) -> None:
+        if kind == "decision":
             did = body["decision_id"]
             self._by_key[body["request_key_hash"]] = did
             self._by_ticket[body["ticket_hash"]] = did  # records come in seq order: latest wins
             self._decisions[did] = _DecisionIndex(
-                r.seq,
-                r.subject,
+                seq,
+                subject,
                 body["payload_hash"],
                 body["kind"] == "offer",
                 decode_time(body["inputs"]["now"]),
             )
-        elif r.kind == "outcome":
-            self._outcomes[body["decision_id"]] = r.seq
-        elif r.kind == "conversion":
-            self._conversions[body["transaction_hash"]] = (body["payload_hash"], r.seq)
+        elif kind == "outcome":
+            self._outcomes[body["decision_id"]] = seq
+        elif kind == "conversion":
+            self._conversions[body["transaction_hash"]] = (body["payload_hash"], seq)
 
     @property
     def deployment(self) -> Deployment:
