@@ -242,7 +242,7 @@ def run(plan: Plan, work: Path, *, seed: int = 7) -> dict[str, Any]:
 def environment(plan: Plan, seed: int) -> dict[str, Any]:
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -290,6 +290,11 @@ def floors(
         "decide_floor_p50_ms": round(sum(p["p50"] for p in parts.values()), 3),
         # not in the floor: the store's own work around that fsync, for reference
         "audit_append_6k_ms": bs.latency_summary(append),
+        "decide_floor_with_audit_append_p50_ms": round(
+            sum(p["p50"] for k, p in parts.items() if k != "fsync_4k_ms")
+            + statistics.median(append),
+            3,
+        ),
     }
 
 
@@ -342,7 +347,7 @@ def decide_phases(
     with bs.Meter(server) as meter:
         load = bs.open_loop(stub.Decide.future, measured, plan.rate)
     load.usage = meter.usage
-    doc = load.document()
+    doc = load.document(meter.started)
     lat = doc["latency_ms"]
     say(
         f"Decide at {plan.rate:g}/s open loop: p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
@@ -360,7 +365,7 @@ def outcome_phase(
     with bs.Meter(server) as meter:
         load = bs.open_loop(stub.RecordOutcome.future, requests, plan.outcome_rate)
     load.usage = meter.usage
-    doc = load.document()
+    doc = load.document(meter.started)
     say(
         f"RecordOutcome at {plan.outcome_rate:g}/s: p50 {doc['latency_ms']['p50']:.2f} ms, "
         f"p99 {doc['latency_ms']['p99']:.2f} ms over {load.ok}, errors {dict(load.errors) or 0}"
@@ -388,7 +393,7 @@ def saturation_phase(
             seconds=plan.saturation_seconds,
         )
     load.usage = meter.usage
-    doc = load.document()
+    doc = load.document(meter.started)
     doc["concurrency"] = plan.concurrency
     doc["ran_out_of_requests"] = load.sent >= n
     doc["limited_by"] = limited_by(load.usage)
@@ -598,8 +603,28 @@ def _usage(x: dict[str, Any]) -> str:
     u = x["usage"]
     return (
         f"server {u['server_cpu_share']:.0%}, load generator {u['loadgen_cpu_share']:.0%}, "
-        f"others {u['others_cpu_share']:.0%} of {u['cores']} cores · "
-        f"{u['wal_checkpoints']} WAL checkpoints"
+        f"others {u['others_cpu_share']:.0%} of {u['cores']} cores (steal "
+        f"{u['steal_share']:.0%})"
+    )
+
+
+def _schedule(x: dict[str, Any]) -> str:
+    """How well the open-loop sender kept its schedule (latency counts from the schedule)."""
+    return (
+        f"at most {x['max_in_flight']} in flight · sender late by at most "
+        f"{x['max_send_lag_ms']:.1f} ms"
+    )
+
+
+def _stalls(x: dict[str, Any]) -> str:
+    """Calls over 100 ms, when they were sent, and when the WAL was checkpointed."""
+    slow, at = x["slow_calls"], x["usage"]["wal_checkpoints_at_s"]
+    seen = ", ".join(f"{t:.1f}" for t in at) if at else "none"
+    if not slow["n"]:
+        return f"none over {slow['over_ms']:g} ms · WAL checkpoints seen at (s): {seen}"
+    return (
+        f"{slow['n']} calls over {slow['over_ms']:g} ms, sent {slow['sent_from_s']:.1f}–"
+        f"{slow['sent_to_s']:.1f} s into the phase · WAL checkpoints seen at (s): {seen}"
     )
 
 
@@ -642,6 +667,11 @@ def report(r: dict[str, Any]) -> str:
                 "one 6 KB record into a fresh AuditStore: chain, appender, COMMIT + fsync; "
                 "not in the floor",
             ),
+            (
+                "(reference) floor with it",
+                f"{f['decide_floor_with_audit_append_p50_ms']:.2f}",
+                "the floor with the audit append in place of the bare fsync",
+            ),
         ],
     )
     d, s, o = r["decide"], r["saturation"], r["record_outcome"]
@@ -661,19 +691,24 @@ def report(r: dict[str, Any]) -> str:
                 f"p99 {d['offer_latency_ms']['p99']:.2f} ms",
             ),
             ("  decisions", ", ".join(f"{k.lower()} {v}" for k, v in d["kinds"].items())),
+            ("  schedule", _schedule(d)),
             ("  CPU", _usage(d)),
+            ("  stalls", _stalls(d)),
             (
                 f"Decide, saturation, {s['concurrency']} in flight, {s['wall_s']:.0f} s",
                 f"{s['throughput_per_s']:.0f}/s · p50 {s['latency_ms']['p50']:.1f} · "
                 f"p99 {s['latency_ms']['p99']:.1f} ms · errors {sum(s['errors'].values())}",
             ),
             ("  CPU", _usage(s)),
+            ("  stalls", _stalls(s)),
             ("  limited by", s["limited_by"]),
             (
                 f"RecordOutcome, {o['rate_per_s']:g}/s open loop, {o['ok']} calls",
                 f"p50 {o['latency_ms']['p50']:.2f} · p99 {o['latency_ms']['p99']:.2f} · "
                 f"max {o['latency_ms']['max']:.2f} ms · errors {sum(o['errors'].values())}",
             ),
+            ("  schedule", _schedule(o)),
+            ("  stalls", _stalls(o)),
             (
                 "server RSS",
                 f"idle {srv['rss_idle_mib']:.0f} MiB · max at {d['rate_per_s']:g}/s "

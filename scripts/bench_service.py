@@ -34,6 +34,8 @@ from service.demo import DECLINES, decide_request, timestamp
 from service.simulator import World, ticket_stream
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: calls slower than this are kept with their send time, to be placed in the phase
+SLOW_MS = 100.0
 CORES = os.cpu_count() or 1
 
 
@@ -84,12 +86,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, over all cores."""
+def machine_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine since boot, over all cores;
+    steal is time the hypervisor gave this VM's cores to someone else."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     total = sum(values[:8])  # guest time is already counted in user
     idle = values[3] + values[4]  # idle + iowait
-    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+    return (total - idle) / CLOCK_TICKS, values[7] / CLOCK_TICKS, total / CLOCK_TICKS
 
 
 @dataclass
@@ -164,9 +167,11 @@ class Usage:
     server_cpu_share: float
     loadgen_cpu_share: float
     machine_busy_share: float
+    steal_share: float
     server_rss_max_kib: int
-    #: times the WAL shrank while sampled: DuckDB checkpoints (they hold the writer)
-    wal_checkpoints: int
+    #: seconds into the phase at which the WAL was seen to shrink: DuckDB checkpoints, which
+    #: hold the audit writer while they run
+    wal_checkpoints_at_s: list[float]
 
     def document(self) -> dict[str, Any]:
         return {
@@ -179,8 +184,10 @@ class Usage:
                 max(0.0, self.machine_busy_share - self.server_cpu_share - self.loadgen_cpu_share),
                 3,
             ),
+            "steal_share": round(self.steal_share, 3),
             "server_rss_max_mib": round(self.server_rss_max_kib / 1024, 1),
-            "wal_checkpoints": self.wal_checkpoints,
+            "wal_checkpoints": len(self.wal_checkpoints_at_s),
+            "wal_checkpoints_at_s": [round(t, 2) for t in self.wal_checkpoints_at_s],
         }
 
 
@@ -196,7 +203,7 @@ class Meter:
         self.server, self.every = server, every
         self._stop = threading.Event()
         self._rss_max = 0
-        self._checkpoints = 0
+        self._checkpoints: list[float] = []
         self.usage: Usage | None = None
 
     def _wal_bytes(self) -> int:
@@ -211,33 +218,36 @@ class Meter:
             self._rss_max = max(self._rss_max, self.server.rss_kib())
             now = self._wal_bytes()
             if now < wal:
-                self._checkpoints += 1
+                self._checkpoints.append(time.perf_counter() - self.started)
             wal = now
             if self._stop.wait(self.every):
                 return
 
     def __enter__(self) -> Meter:
+        #: perf_counter at the start of the phase: Load.slow times are relative to it
+        self.started = time.perf_counter()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
-        self._wall = time.perf_counter()
         self._own = time.process_time()
         self._server = self.server.cpu_seconds()
-        self._machine = machine_busy_seconds()
+        self._machine = machine_cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._wall
+        wall = time.perf_counter() - self.started
         own = time.process_time() - self._own
         server = self.server.cpu_seconds() - self._server
-        busy, total = machine_busy_seconds()
+        busy, steal, total = machine_cpu_seconds()
         self._stop.set()
         self._sampler.join()
         capacity = wall * CORES
+        ticks = max(total - self._machine[2], 1e-9)
         self.usage = Usage(
             wall,
             server / capacity,
             own / capacity,
-            (busy - self._machine[0]) / max(total - self._machine[1], 1e-9),
+            (busy - self._machine[0]) / ticks,
+            (steal - self._machine[1]) / ticks,
             self._rss_max,
             self._checkpoints,
         )
@@ -296,6 +306,8 @@ class Load:
     #: most calls in flight at once, and how late the scheduler sent its latest call
     max_in_flight: int = 0
     max_send_lag_ms: float = 0.0
+    #: (perf_counter when due or sent, ms) of each successful call slower than SLOW_MS
+    slow: list[tuple[float, float]] = field(default_factory=list)
     usage: Usage | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -313,6 +325,8 @@ class Load:
                 self.errors[code.name if code is not None else type(error).__name__] += 1
                 return
             self.latencies_ms.append(elapsed)
+            if elapsed > SLOW_MS:
+                self.slow.append((started, elapsed))
             reply = future.result()
             if isinstance(reply, pb.DecideResponse):
                 if reply.kind == pb.OFFER:
@@ -322,7 +336,8 @@ class Load:
                 else:
                     self.kinds[pb.NoOfferReason.Name(reply.no_offer_reason)] += 1
 
-    def document(self) -> dict[str, Any]:
+    def document(self, started: float | None = None) -> dict[str, Any]:
+        """The figures; `started` (a perf_counter) places the slow calls in the phase."""
         doc: dict[str, Any] = {
             "sent": self.sent,
             "ok": self.ok,
@@ -338,6 +353,14 @@ class Load:
             doc["offer_latency_ms"] = latency_summary(self.offer_latencies_ms)
         if self.usage is not None:
             doc["usage"] = self.usage.document()
+        if started is not None:
+            at = [t - started for t, _ in self.slow]
+            doc["slow_calls"] = {
+                "over_ms": SLOW_MS,
+                "n": len(at),
+                "sent_from_s": round(min(at), 2) if at else None,
+                "sent_to_s": round(max(at), 2) if at else None,
+            }
         return doc
 
 

@@ -90,7 +90,12 @@ def test_saturation_counts_calls_cpu_and_memory(result: dict[str, Any]) -> None:
     usage = s["usage"]
     assert 0 < usage["server_cpu_share"] <= 1.05
     assert 0 < usage["loadgen_cpu_share"] <= 1.05
-    assert usage["server_rss_max_mib"] > 0 and usage["wal_checkpoints"] >= 0
+    assert usage["server_rss_max_mib"] > 0
+    assert usage["wal_checkpoints"] == len(usage["wal_checkpoints_at_s"])
+    slow = s["slow_calls"]
+    assert 0 <= slow["n"] <= s["ok"]
+    if slow["n"]:
+        assert 0 <= slow["sent_from_s"] <= slow["sent_to_s"] <= s["wall_s"]
     assert s["limited_by"]
 
 
