@@ -36,6 +36,8 @@ from service.simulator import World, ticket_stream
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: calls slower than this are kept with their send time, to be placed in the phase
 SLOW_MS = 100.0
+#: DuckDB's checkpoint_threshold (default, and the service does not change it)
+WAL_CHECKPOINT_BYTES = 16 * 2**20
 CORES = os.cpu_count() or 1
 
 
@@ -172,6 +174,8 @@ class Usage:
     #: seconds into the phase at which the WAL was seen to shrink: DuckDB checkpoints, which
     #: hold the audit writer while they run
     wal_checkpoints_at_s: list[float]
+    #: bytes appended to the WAL during the phase (growth between samples, across checkpoints)
+    wal_written_bytes: int
 
     def document(self) -> dict[str, Any]:
         return {
@@ -188,6 +192,7 @@ class Usage:
             "server_rss_max_mib": round(self.server_rss_max_kib / 1024, 1),
             "wal_checkpoints": len(self.wal_checkpoints_at_s),
             "wal_checkpoints_at_s": [round(t, 2) for t in self.wal_checkpoints_at_s],
+            "wal_written_mib": round(self.wal_written_bytes / 2**20, 2),
         }
 
 
@@ -204,6 +209,7 @@ class Meter:
         self._stop = threading.Event()
         self._rss_max = 0
         self._checkpoints: list[float] = []
+        self._wal_written = 0
         self.usage: Usage | None = None
 
     def _wal_bytes(self) -> int:
@@ -219,6 +225,9 @@ class Meter:
             now = self._wal_bytes()
             if now < wal:
                 self._checkpoints.append(time.perf_counter() - self.started)
+                self._wal_written += now  # a new WAL, begun since the checkpoint
+            else:
+                self._wal_written += now - wal
             wal = now
             if self._stop.wait(self.every):
                 return
@@ -250,6 +259,7 @@ class Meter:
             (steal - self._machine[1]) / ticks,
             self._rss_max,
             self._checkpoints,
+            self._wal_written,
         )
 
 
@@ -353,6 +363,13 @@ class Load:
             doc["offer_latency_ms"] = latency_summary(self.offer_latencies_ms)
         if self.usage is not None:
             doc["usage"] = self.usage.document()
+            if self.ok:
+                # DuckDB checkpoints the WAL into the database once it passes 16 MiB
+                per_call = self.usage.wal_written_bytes / self.ok
+                doc["wal_kib_per_call"] = round(per_call / 1024, 2)
+                doc["calls_per_wal_checkpoint"] = (
+                    round(WAL_CHECKPOINT_BYTES / per_call) if per_call else None
+                )
         if started is not None:
             at = [t - started for t, _ in self.slow]
             doc["slow_calls"] = {

@@ -70,6 +70,7 @@ def test_every_decide_sent_on_schedule_is_answered_without_error(result: dict[st
     _sane(d["latency_ms"], 75)
     assert sum(d["kinds"].values()) == 75
     assert d["offer_latency_ms"]["n"] == d["kinds"].get("OFFER", 0)
+    assert d["wal_kib_per_call"] > 0  # every decision is in the log's WAL
     assert 1 <= d["max_in_flight"] < result["server"]["max_concurrent_rpcs"]
 
 
