@@ -43,6 +43,7 @@ lint: setup
 # figures in var/bench/bench.json (docs/operations.md#benchmarks).
 bench: setup
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_scale.py
 
 # offerdesk's policy against peers (propensity-only, rules-only, a VW bandit) on fresh simulated
 # traffic; figures in var/bench/policy.json.

@@ -163,7 +163,7 @@ def log_curve(bench: Bench, sizes: list[int], console: Console) -> list[dict[str
         d = bench.data_dir(catalog)
         if size:
             t0 = time.perf_counter()
-            cached, _ = prepare(BENCH_DIR, size, "service")
+            cached, _ = prepare(BENCH_DIR, size, "builder")
             built = time.perf_counter() - t0
             shutil.copyfile(cached, d / "audit.duckdb")
         else:
