@@ -172,6 +172,8 @@ class AuditStore:
         self._tree = tree
         self._tree_head = TreeHead(head[0], head[1], tree.root())
         self._stats = WriterStats()
+        #: called as fn(rows, seconds) after each commit, on the writer thread (metrics)
+        self._commit_observers: list[Callable[[int, float], None]] = []
         self._appender: duckdb.Appender | None = None  # used by the writer thread only
         self._queue: collections.deque[_Submission] = collections.deque()
         self._cond = threading.Condition()
@@ -434,6 +436,11 @@ class AuditStore:
         )
         for submission, chained in zip(batch, stored, strict=True):
             submission.future.set_result(chained)
+        for observe in self._commit_observers:
+            try:
+                observe(len(rows), elapsed)
+            except Exception as exc:  # metrics never fail the writer
+                log.warning("audit commit observer failed: %s", exc)
 
     def _commit_cut(self, submission: _Submission, request: CutRequest) -> None:
         if self._failure is not None:
@@ -780,6 +787,10 @@ class AuditStore:
                     yield _stored(row)
         finally:
             cursor.close()
+
+    def on_commit(self, observe: Callable[[int, float], None]) -> None:
+        """Call observe(rows, seconds) after each commit, on the writer thread (keep it quick)."""
+        self._commit_observers.append(observe)
 
     def scan_fields(
         self, shape: str, kinds: Collection[str]

@@ -113,6 +113,8 @@ class Desk:
         self._conversions: dict[str, tuple[str, int]] = {}  # txn hash → (payload hash, seq)
         self._inflight: dict[str, Future[Committed]] = {}
         self._deployment: Deployment | None = None
+        #: called with each new decision's body once it is durable (telemetry)
+        self.on_decided: Callable[[Mapping[str, Any]], None] = lambda body: None
         self._rebuild()
 
     # -- start-up and reload --------------------------------------------------------------
@@ -341,6 +343,7 @@ class Desk:
             committed = self._write(records)
             for c in committed:
                 self._fold(c)
+        self.on_decided(body)
         return committed[-1]
 
     # -- RecordOutcome ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from offerdesk.v1 import audit_pb2_grpc as apb_grpc
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import server_interceptor
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from audit.checkpoint import (
@@ -55,6 +58,7 @@ from service.profiles import ProfileSource
 from service.registry import Registry
 from service.settings import DirectoryPublication, GitPublication, Settings
 from service.status import expired, grpc_errors
+from service.telemetry import Telemetry, start_telemetry
 
 log = logging.getLogger("offerdesk")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
@@ -139,9 +143,15 @@ def decision_response(seq: int, b: Mapping[str, Any], outcome: str | None) -> pb
 class OfferDeskServicer(pb_grpc.OfferDeskServicer):
     """Thin shell over the Desk: translate, call, translate back."""
 
-    def __init__(self, desk: Desk, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(
+        self,
+        desk: Desk,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: Telemetry | None = None,
+    ):
         self.desk = desk
         self.clock = clock
+        self.telemetry = telemetry or Telemetry(NoOpMeterProvider())
         #: calls refused because the caller's deadline had passed, on arrival or just before
         #: the write (nothing written for them)
         self.expired_calls = 0
@@ -150,6 +160,7 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
         """Whether the caller's deadline has passed (counted: the call will be refused)."""
         if expired(context):
             self.expired_calls += 1
+            self.telemetry.refused.add(1, {"reason": "deadline"})
             return True
         return False
 
@@ -158,6 +169,16 @@ class OfferDeskServicer(pb_grpc.OfferDeskServicer):
             raise DeadlineExceeded("the caller's deadline passed before the call was handled")
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        kind = "refused"
+        try:
+            response = self._decide(request, context)
+            kind = "offer" if response.kind == pb.OFFER else "no_offer"
+            return response
+        finally:
+            self.telemetry.decide_ms.record((time.perf_counter() - started) * 1000, {"kind": kind})
+
+    def _decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> Any:
         with _tracer.start_as_current_span("offerdesk.Decide") as span:
             trace_id = trace.format_trace_id(span.get_span_context().trace_id)
             with grpc_errors(context):
@@ -238,6 +259,7 @@ class Running:
     refusal: str | None = None
     checkpointer: Checkpointer | None = None
     offerdesk: OfferDeskServicer | None = None
+    telemetry: Telemetry | None = None
 
     @property
     def desk(self) -> Desk:
@@ -257,6 +279,8 @@ class Running:
         if self._desk is not None:
             self._desk.store.close()
             self._desk.vault.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -311,11 +335,28 @@ def start(settings: Settings) -> Running:
         raise
     # Load shedding: past max_concurrent_rpcs calls in flight (running or queued for a worker),
     # grpcio answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    try:
+        telemetry = start_telemetry(settings.telemetry)
+    except OSError as e:  # the scrape port is taken: say so, and leave nothing open
+        checkpointer.close()
+        store.close()
+        vault.close()
+        raise Unavailable(
+            f"telemetry.prometheus_listen {settings.telemetry.prometheus_listen}: {e}"
+        ) from None
+    desk.on_decided = telemetry.decision
+    store.on_commit(telemetry.audit_commit)
+    telemetry.follow_deployment(
+        lambda: (desk.deployment.models.version, desk.deployment.catalog.version)
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers),
+        # A span per call, continuing the caller's trace (W3C traceparent) when it sends one;
+        # each decision records its trace id.
+        interceptors=[server_interceptor(tracer_provider=trace.get_tracer_provider())],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    servicer = OfferDeskServicer(desk)
+    servicer = OfferDeskServicer(desk, telemetry=telemetry)
     pb_grpc.add_OfferDeskServicer_to_server(servicer, server)
     audit_context = AuditContext(
         desk,
@@ -350,6 +391,7 @@ def start(settings: Settings) -> Running:
     )
     port = server.add_insecure_port(settings.listen)
     if port == 0:
+        telemetry.shutdown()
         checkpointer.close()
         store.close()
         vault.close()
@@ -358,7 +400,14 @@ def start(settings: Settings) -> Running:
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
     running = Running(
-        server, port, desk, health_servicer, stop, checkpointer=checkpointer, offerdesk=servicer
+        server,
+        port,
+        desk,
+        health_servicer,
+        stop,
+        checkpointer=checkpointer,
+        offerdesk=servicer,
+        telemetry=telemetry,
     )
     # NOT_SERVING while the log refuses writes (reopening it, or records lost), SERVING again
     # once the reopened log verified.

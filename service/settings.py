@@ -133,6 +133,28 @@ class PromotionSettings(BaseModel):
     explain_p99_ms: float = Field(default=4.0, gt=0)
 
 
+class TelemetrySettings(BaseModel):
+    """Where metrics and traces go: nowhere unless named (docs/operations.md#telemetry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exporter: Literal["none", "prometheus", "otlp"] = "none"
+    #: HOST:PORT of the Prometheus scrape endpoint (/metrics); loopback unless changed
+    prometheus_listen: str = "127.0.0.1:9464"
+    #: OTLP/HTTP collector base URL; /v1/metrics and /v1/traces are appended
+    otlp_endpoint: str = "http://127.0.0.1:4318"
+    export_interval_seconds: float = Field(default=15.0, gt=0)
+    service_name: str = "offerdesk"
+
+    @field_validator("prometheus_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything the service, CLI and demo are configured by."""
 
@@ -161,6 +183,7 @@ class Settings(BaseSettings):
     holdout_key: SecretStr | None = None
     audit: AuditSettings = Field(default_factory=AuditSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("listen")
     @classmethod
