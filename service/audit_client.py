@@ -13,6 +13,7 @@ import grpc
 from offerdesk.v1 import audit_pb2 as apb
 from offerdesk.v1 import audit_pb2_grpc as apb_grpc
 
+from service import tls
 from service.errors import OfferDeskError, Unavailable
 from service.settings import Settings
 
@@ -35,7 +36,7 @@ def call(settings: Settings, method: str, request: Any) -> tuple[Any, int]:
     (document, audit seq of the call's record)."""
     admin = method in ADMIN_METHODS
     token = (settings.audit_admin_token() if admin else settings.audit_api_token()).decode()
-    with grpc.insecure_channel(settings.listen) as channel:
+    with tls.channel(settings.listen, settings.client_tls) as channel:
         stub: Any = apb_grpc.AuditAdminStub(channel) if admin else apb_grpc.AuditStub(channel)
         try:
             response: apb.JsonResult = getattr(stub, method)(

@@ -59,6 +59,7 @@ from service.registry import Registry
 from service.settings import DirectoryPublication, GitPublication, Settings
 from service.status import expired, grpc_errors
 from service.telemetry import Telemetry, start_telemetry
+from service.tls import server_credentials
 
 log = logging.getLogger("offerdesk")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OfferDesk"].full_name
@@ -389,13 +390,14 @@ def start(settings: Settings) -> Running:
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    try:
+        port = _add_port(server, settings)
+    except Unavailable:
         telemetry.shutdown()
         checkpointer.close()
         store.close()
         vault.close()
-        raise Unavailable(f"cannot listen on {settings.listen}")
+        raise
     server.start()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
@@ -448,6 +450,21 @@ def _follow_audit(running: Running, failure: AuditWriteError | None) -> None:
     _set_health(running.health, serving.NOT_SERVING if failure else serving.SERVING)
 
 
+def _add_port(server: grpc.Server, settings: Settings) -> int:
+    """Listen on settings.listen: TLS when settings.tls is set (service.tls), else plaintext."""
+    try:
+        port = (
+            server.add_insecure_port(settings.listen)
+            if settings.tls is None
+            else server.add_secure_port(settings.listen, server_credentials(settings.tls))
+        )
+    except ValueError as e:  # a TLS file that cannot be read
+        raise Unavailable(str(e)) from None
+    if port == 0:
+        raise Unavailable(f"cannot listen on {settings.listen}")
+    return port
+
+
 def _refuse(settings: Settings, message: str) -> Running:
     """Listen only to say why not: health NOT_SERVING, every OfferDesk call UNAVAILABLE."""
     log.error("refusing to serve: %s", message)
@@ -463,9 +480,10 @@ def _refuse(settings: Settings, message: str) -> Running:
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise Unavailable(f"cannot listen on {settings.listen}; {message}")
+    try:
+        port = _add_port(server, settings)
+    except Unavailable as e:
+        raise Unavailable(f"{e}; {message}") from None
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     log.info("listening on %s (port %d), NOT_SERVING", settings.listen, port)

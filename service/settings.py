@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.tls import ClientTls, ServerTls
+
 DEFAULT_DATA_DIR = Path("var")
 
 
@@ -184,6 +186,10 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    #: TLS (and with client_ca_file, mTLS) for the gRPC port; plaintext when unset
+    tls: ServerTls | None = None
+    #: how offerdesk's own commands reach a running service that speaks TLS
+    client_tls: ClientTls | None = None
 
     @field_validator("listen")
     @classmethod
