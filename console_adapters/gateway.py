@@ -38,7 +38,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -144,6 +144,30 @@ class GenericSettings(BaseModel):
     secret: SecretStr
 
 
+class GatewayTls(BaseModel):
+    """The gateway's own HTTPS: certificate chain and key (PEM); with client_ca_file, callers
+    must present a certificate from that CA (mTLS, e.g. Salesforce's client certificate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class ServiceTls(BaseModel):
+    """How the gateway reaches a service that speaks TLS: the CA that signed the service's
+    certificate and, when the service requires mTLS, the gateway's certificate and key.
+    (The service's service.tls.ClientTls has the same fields; the gateway imports nothing of
+    the service, as it may run on another host.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
 class GatewaySettings(BaseSettings):
     """The gateway's settings: a YAML file (--config) and OFFERDESK_GATEWAY_* variables."""
 
@@ -163,6 +187,10 @@ class GatewaySettings(BaseSettings):
     retry_after_seconds: int = Field(default=10, ge=1)
     #: key of the outcome tokens; default: read from (or created in) data_dir/secrets
     outcome_key: SecretStr | None = None
+    #: HTTPS on `listen` (plain HTTP when unset: terminate TLS in a reverse proxy instead)
+    tls: GatewayTls | None = None
+    #: TLS to the service (plaintext when unset)
+    service_tls: ServiceTls | None = None
     data_dir: Path = Path("var")
     zendesk: ZendeskSettings | None = None
     freshdesk: FreshdeskSettings | None = None
@@ -248,6 +276,48 @@ def outcome_token(key: bytes, decision_id: str) -> str:
     return base64.urlsafe_b64encode(mac[:18]).decode("ascii")
 
 
+def service_channel(settings: GatewaySettings) -> grpc.aio.Channel:
+    """The channel to the service: TLS when service_tls is set. Files are read here, at start."""
+    tls = settings.service_tls
+    if tls is None:
+        return grpc.aio.insecure_channel(settings.service)
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ValueError("service_tls: cert_file and key_file go together (mTLS)")
+
+    def read(path: Path | None, name: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"service_tls.{name}: cannot read {path}: {e.strerror}") from None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls.ca_file, "ca_file"),
+        private_key=read(tls.key_file, "key_file"),
+        certificate_chain=read(tls.cert_file, "cert_file"),
+    )
+    return grpc.aio.secure_channel(settings.service, credentials)
+
+
+def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's TLS options for settings.tls (none for plain HTTP)."""
+    import ssl
+
+    tls = settings.tls
+    if tls is None:
+        return {}
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"tls.{name}: no such file {path}")
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+    if tls.client_ca_file is not None:
+        options["ssl_ca_certs"] = str(tls.client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
 def create_app(settings: GatewaySettings) -> Starlette:
     """The gateway's ASGI app, with its adapters, key and gRPC channel made once."""
     adapters = settings.adapters()
@@ -256,7 +326,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(settings.service)
+        channel = service_channel(settings)
         state["stub"] = pb_grpc.OfferDeskStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
         try:
@@ -638,7 +708,13 @@ def serve(settings: GatewaySettings, log_level: Literal["info", "warning"] = "in
     import uvicorn
 
     host, _, port = settings.listen.rpartition(":")
-    uvicorn.run(create_app(settings), host=host, port=int(port), log_level=log_level)
+    options = uvicorn_options(settings)  # a missing TLS file stops here, named
+    if settings.service_tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(settings.service_tls, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"service_tls.{name}: no such file {path}")
+    uvicorn.run(create_app(settings), host=host, port=int(port), log_level=log_level, **options)
 
 
 def main(argv: list[str] | None = None) -> None:

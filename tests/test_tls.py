@@ -177,3 +177,58 @@ def test_an_unreadable_tls_file_stops_the_start_naming_it(pki: Pki, data_dir: Pa
         start(settings)
     # Nothing was left open: the same data directory starts in plaintext at once.
     start(load_settings(None, data_dir=data_dir, listen="127.0.0.1:0")).stop()
+
+
+def test_the_gateway_serves_https_and_calls_a_tls_service(pki: Pki, data_dir: Path) -> None:
+    import ssl
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from console_adapters.gateway import GatewaySettings, create_app, uvicorn_options
+
+    server_tls = {"cert_file": pki.server_cert, "key_file": pki.server_key}
+    running = start(load_settings(None, data_dir=data_dir, listen="127.0.0.1:0", tls=server_tls))
+
+    def health(service_ca: Path) -> httpx.Response:
+        port = free_port()
+        settings = GatewaySettings(
+            listen=f"127.0.0.1:{port}",
+            service=f"127.0.0.1:{running.port}",
+            data_dir=data_dir,
+            generic=[{"name": "acme", "secret": "whsec_" + "A" * 32}],
+            tls={"cert_file": pki.server_cert, "key_file": pki.server_key},
+            service_tls={"ca_file": service_ca},
+        )
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            **uvicorn_options(settings),
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                time.sleep(0.01)
+            # The gateway's certificate is checked against the CA, over HTTPS only.
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            trust = ssl.create_default_context(cafile=str(pki.ca))
+            return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=10)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+    try:
+        ok = health(pki.ca)
+        assert ok.status_code == 200 and ok.json()["service"] == "SERVING"
+        # A gateway that does not trust the service's certificate cannot reach it.
+        refused = health(pki.other_ca)
+        assert refused.status_code == 503 and refused.json()["service"].startswith("unreachable")
+    finally:
+        running.stop()
