@@ -25,13 +25,24 @@ class Snapshot:
 
 
 class ProfileSource:
-    """Loads and refreshes the in-memory copy; lookups are dictionary reads."""
+    """Loads and refreshes the in-memory copy; lookups are dictionary reads.
 
-    def __init__(self, profiles: Path, identities: Path) -> None:
+    A load that takes longer than `timeout` seconds fails with ValueError instead of hanging:
+    a source that is slow or down (a stalled network mount, a file that never arrives) stops
+    the start with a clear message, and a refresh keeps the previous copy. The stuck read is
+    left to finish on its own thread (DuckDB cannot interrupt a blocked open or read); no second
+    load starts while it is still running.
+    """
+
+    def __init__(self, profiles: Path, identities: Path, *, timeout: float = 60.0) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         self._profiles_path = profiles
         self._identities_path = identities
+        self._timeout = timeout
         self._lock = threading.Lock()
-        self._snapshot = self._load()
+        self._pending: threading.Thread | None = None
+        self._snapshot = self._load_bounded()
 
     def resolve(self, source: str, external_id: str) -> str | None:
         """The one customer behind an id a helpdesk (or billing) knows, or None."""
@@ -51,7 +62,7 @@ class ProfileSource:
         """Reload; returns customers whose marketing consent changed (customer_id → new value)."""
         with self._lock:
             old = self._snapshot
-            new = self._load()
+            new = self._load_bounded()
             self._snapshot = new
         changed: dict[str, bool | None] = {}
         for cid, prof in new.profiles.items():
@@ -61,6 +72,34 @@ class ProfileSource:
             ):
                 changed[cid] = prof.get("marketing_consent")
         return changed
+
+    def _load_bounded(self) -> Snapshot:
+        if self._pending is not None and self._pending.is_alive():
+            raise ValueError(
+                f"profile source {self._profiles_path}: the previous load has not finished "
+                "(the source is slow or down)"
+            )
+        result: list[Snapshot | BaseException] = []
+
+        def load() -> None:
+            try:
+                result.append(self._load())
+            except BaseException as e:
+                result.append(e)
+
+        worker = threading.Thread(target=load, daemon=True, name="offerdesk-profile-load")
+        worker.start()
+        worker.join(self._timeout)
+        if worker.is_alive():
+            self._pending = worker
+            raise ValueError(
+                f"profile source {self._profiles_path}: no answer within {self._timeout:g} s "
+                "(profile_timeout_seconds); the source is slow or down"
+            )
+        outcome = result[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _load(self) -> Snapshot:
         con = duckdb.connect(":memory:")

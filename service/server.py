@@ -296,7 +296,11 @@ def start(settings: Settings) -> Running:
     models = registry.load_models(active.model)
     catalog = registry.load_catalog(active.catalog)
     secrets = settings.load_secrets()
-    profiles = ProfileSource(settings.profiles_source, settings.identities_source)
+    profiles = ProfileSource(
+        settings.profiles_source,
+        settings.identities_source,
+        timeout=settings.profile_timeout_seconds,
+    )
     keys = KeyRing.open(settings.signing_key_dir, settings.audit.origin)
     token = settings.audit_api_token()
     admin_token = settings.audit_admin_token()

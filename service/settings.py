@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=64, ge=1, le=10_000)
     #: how often the in-memory profile copy is refreshed from the profile source
     profile_refresh_seconds: float = Field(default=60.0, gt=0)
+    #: a load of the profile source (at start or a refresh) that takes longer fails: the start
+    #: stops with a clear message, a refresh keeps the previous copy
+    profile_timeout_seconds: float = Field(default=60.0, gt=0)
     #: how often the server checks whether the active model or catalog changed
     reload_poll_seconds: float = Field(default=2.0, gt=0)
     #: profile source: a file DuckDB reads by path (Parquet by default) for each table;
