@@ -7,13 +7,13 @@ Input is always a prepared numpy object array wrapped in one Pool: never a DataF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from catboost import CatBoostClassifier, Pool
 
-from explain.contributions import Contributions, contributions
+from explain.contributions import Contributions, ShapTable, contributions
 from service.errors import ModelError
 from service.features import ORGANIC_FEATURES, RANKER_FEATURES, FeatureSet
 
@@ -26,6 +26,8 @@ class Models:
     ranker: CatBoostClassifier
     organic: CatBoostClassifier
     card: dict[str, Any]
+    #: every leaf's exact SHAP values (explain.contributions.ShapTable), built at load
+    _shap_table: ShapTable | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, model, featureset in (
@@ -38,6 +40,8 @@ class Models:
                     f"{name} model {self.version} was trained on features {list(got)}, "
                     f"but this service defines {list(featureset.names)}"
                 )
+        # Built once here, at load, so no decision pays for it (explain.contributions).
+        object.__setattr__(self, "_shap_table", ShapTable.of(self.ranker))
 
     def p_accept(self, rows: np.ndarray) -> np.ndarray:
         return _proba(self.ranker, rows, RANKER_FEATURES)
@@ -47,7 +51,7 @@ class Models:
 
     def explain(self, row: np.ndarray) -> Contributions:
         """Exact SHAP of the ranker's raw score for one candidate (additivity checked)."""
-        return contributions(self.ranker, row, RANKER_FEATURES.cat_indices)
+        return contributions(self.ranker, row, RANKER_FEATURES.cat_indices, self._shap_table)
 
 
 def _proba(model: CatBoostClassifier, rows: np.ndarray, featureset: FeatureSet) -> np.ndarray:

@@ -295,15 +295,29 @@ def _diff(
                 out,
                 new_keys_ok=new_keys_ok,
             )
-    elif not _same(logged, replayed):
+    elif not _same(logged, replayed, _shap(path)):
         out.append((path, logged, replayed))
 
 
-def _same(a: Any, b: Any) -> bool:
+#: SHAP values match to this (relative to max(1, |value|)), every other float bit for bit:
+#: the same exact values may come from CatBoost's ShapValues or from the leaf table
+#: (explain.contributions.ShapTable), which agree to ~3e-16 but not always in the last bit
+SHAP_TOLERANCE = 1e-12
+
+
+def _shap(path: str) -> bool:
+    return path.startswith("card.shap.") or (
+        path.startswith("card.reasons[") and path.endswith(".contribution")
+    )
+
+
+def _same(a: Any, b: Any, shap: bool = False) -> bool:
     # By type as well as value: 1 and 1.0 and True are equal in Python but not in the log.
     if type(a) is not type(b):
         return False
     if type(a) is float:
+        if shap:
+            return abs(a - b) <= SHAP_TOLERANCE * max(1.0, abs(a))
         return bool(a.hex() == b.hex())  # bit for bit (0.0 and -0.0 differ)
     return bool(a == b)
 

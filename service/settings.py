@@ -132,7 +132,7 @@ class PromotionSettings(BaseModel):
     #: latency budget of one decision's model work, measured on logged decisions: scoring
     #: every candidate with both models, and exact SHAP of the chosen one (p99, ms)
     score_p99_ms: float = Field(default=6.0, gt=0)
-    explain_p99_ms: float = Field(default=4.0, gt=0)
+    explain_p99_ms: float = Field(default=1.0, gt=0)
 
 
 class TelemetrySettings(BaseModel):

@@ -323,3 +323,64 @@ def test_oracle_tells_an_approximate_engine_from_the_exact_one(
         for x, approx in zip(rows, approximate, strict=True)
     )
     assert worst > 1e-6
+
+
+def test_the_leaf_table_gives_catboosts_exact_values(
+    mixed_model: catboost.CatBoostClassifier,
+) -> None:
+    """The table (explain.contributions.ShapTable) against CatBoost's own Regular SHAP, on a
+    depth-5 model with one-hot categorical features, as the service trains them: the same
+    values, every feature, every row. A model with CTR splits is not tabulated."""
+    from explain.contributions import ShapTable
+
+    assert ShapTable.of(mixed_model) is None  # its 25-level feature became CTR splits
+    rng = np.random.default_rng(7)
+    rows = _mixed_rows(rng, 1500)
+    labels = (rows[:, 0].astype(float) + 0.8 * (rows[:, N_NUM + 2] == "v3") > 0).astype(int)
+    model = catboost.CatBoostClassifier(
+        iterations=40,
+        depth=5,
+        one_hot_max_size=32,
+        random_seed=0,
+        verbose=False,
+        allow_writing_files=False,
+        cat_features=list(CAT_FEATURES),
+    )
+    model.fit(rows, labels)
+    table = ShapTable.of(model)
+    assert table is not None
+    for row in _mixed_rows(np.random.default_rng(11), 300):
+        fast = contributions(model, row, CAT_FEATURES, table)
+        exact = contributions(model, row, CAT_FEATURES)
+        assert fast.expected == pytest.approx(exact.expected, rel=0, abs=1e-12)
+        assert list(fast.values) == pytest.approx(list(exact.values), rel=0, abs=1e-12)
+        assert fast.raw == exact.raw
+
+
+def test_the_leaf_table_agrees_with_the_brute_force_oracle(
+    tiny: tuple[catboost.CatBoostClassifier, _Forest],
+) -> None:
+    from explain.contributions import ShapTable
+
+    model, forest = tiny
+    table = ShapTable.of(model)
+    assert table is not None
+    for x in _oracle_rows():
+        c = contributions(model, x, (), table)
+        phi, base = forest.shapley(x, ORACLE_FEATURES)
+        assert c.expected == pytest.approx(base, rel=0, abs=1e-9)
+        assert list(c.values) == pytest.approx(phi, rel=0, abs=1e-9)
+
+
+def test_models_too_deep_to_tabulate_fall_back_to_catboost() -> None:
+    from explain.contributions import MAX_TABLE_DEPTH, ShapTable
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(300, 4))
+    model = catboost.CatBoostClassifier(
+        iterations=5, depth=MAX_TABLE_DEPTH + 1, verbose=False, allow_writing_files=False
+    )
+    model.fit(rows, (rows[:, 0] > 0).astype(int))
+    assert ShapTable.of(model) is None
+    c = contributions(model, rows[0].astype(object), ())
+    assert abs(math.fsum(c.values) + c.expected - c.raw) <= 1e-9 * max(1.0, abs(c.raw))

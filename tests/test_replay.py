@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -345,3 +346,30 @@ def test_cli_exits_3_while_the_service_holds_the_log(running_dir: Path) -> None:
     assert out.returncode == 3, out.stderr
     assert "held by another process" in out.stderr and "--export" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_shap_values_match_to_a_tolerance_and_every_other_float_bit_for_bit() -> None:
+    """The same exact SHAP values come from CatBoost's call or from the leaf table, which may
+    differ in the last bit; anything else that differs in the last bit is a mismatch."""
+    from service.replay import _diff
+
+    x = 0.1 + 0.2
+    nudged = math.nextafter(x, 1.0)
+    assert nudged != x and abs(nudged - x) < 1e-15
+    logged = {
+        "card": {
+            "shap": {"values": {"seats": x}, "expected": x},
+            "reasons": [{"contribution": x}],
+            "p_accept": x,
+        }
+    }
+    replayed = {
+        "card": {
+            "shap": {"values": {"seats": nudged}, "expected": nudged},
+            "reasons": [{"contribution": nudged}],
+            "p_accept": nudged,
+        }
+    }
+    found: list[tuple[str, object, object]] = []
+    _diff(logged["card"], replayed["card"], "card", found, new_keys_ok=False)
+    assert [path for path, _, _ in found] == ["card.p_accept"]
