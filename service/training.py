@@ -40,9 +40,12 @@ DEFAULT_LEARNING_RATE = 0.08
 #: greedy action is logged with π ≈ 0.96 and an explored one with ε / |A| ≈ 0.01, so an
 #: uncapped explored row would count ~100 greedy ones and dominate the fit
 DEFAULT_WEIGHT_CLIP = 20.0
-#: every categorical feature has at most a dozen values: one-hot them rather than learn
-#: target statistics — ~4x faster to fit on 2 cores, with equal or better held-out AUC
-ONE_HOT_MAX_SIZE = 16
+#: one-hot every categorical feature rather than learn target statistics (CTRs): ~4x faster to
+#: fit on 2 cores with the example catalog, with equal or better held-out AUC, and only one-hot
+#: splits let exact SHAP come from the leaf table (explain.contributions.ShapTable: 0.2 ms
+#: instead of 1.0 ms a row). Profile values have a dozen levels at most; offer_id has one per
+#: offer, so 255 (CatBoost's largest) keeps catalogs of up to 255 offers one-hot.
+ONE_HOT_MAX_SIZE = 255
 
 
 @dataclass(frozen=True, eq=False)
