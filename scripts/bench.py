@@ -44,6 +44,7 @@ from service.catalog import Catalog, parse_catalog
 from service.catalog_synth import synthetic_catalog
 from service.features import RANKER_FEATURES
 from service.logged import Logged, from_history
+from service.promotion import model_work_ms
 from service.ranker import Models
 from service.registry import Registry
 from service.settings import load_settings
@@ -276,7 +277,7 @@ def floors(
 ) -> dict[str, Any]:
     """What one Decide cannot go below: a round trip, the model work, one fsync."""
     empty = bs.empty_call_ms(channel, plan.empty_calls)
-    score, shap, candidates = model_work_ms(models, logged, plan.scored_decisions)
+    score, shap, candidates = model_work_ms(models, logged, sample=plan.scored_decisions)
     sync = bs.fsync_ms(data, plan.fsyncs)
     append = bs.audit_append_ms(data, plan.fsyncs)
     parts = {
@@ -300,33 +301,6 @@ def floors(
             3,
         ),
     }
-
-
-def model_work_ms(
-    models: Models, logged: Logged, sample: int, *, repeats: int = 3
-) -> tuple[list[float], list[float], list[int]]:
-    """Per logged decision with candidates: both CatBoost batches as decide() makes them (the
-    ranker on every offer × variant, the organic model on one row per offer) and exact SHAP of
-    one candidate; the fastest of `repeats` runs each, since the model's cost does not vary
-    between runs of the same input and a shared machine adds its neighbours to any one run."""
-    decisions = np.unique(logged.row_decision)[:sample]
-    score, shap, candidates = [], [], []
-    for d in decisions:
-        rows = np.flatnonzero(logged.row_decision == d)
-        _, first = np.unique(logged.offer_id[rows], return_index=True)
-        ranker, organic = logged.X_ranker[rows], logged.X_organic[rows[np.sort(first)]]
-        runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            models.p_accept(ranker)
-            models.p_anyway(organic)
-            t1 = time.perf_counter()
-            models.explain(ranker[0])
-            runs.append((t1 - t0, time.perf_counter() - t1))
-        score.append(min(r[0] for r in runs) * 1000)
-        shap.append(min(r[1] for r in runs) * 1000)
-        candidates.append(len(rows))
-    return score, shap, candidates
 
 
 # -- load phases ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,9 +27,8 @@ app = typer.Typer(
 catalog_app = typer.Typer(help="Check offer catalogs.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and inspect the audit log.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+report_app = typer.Typer(help="Reports for the people who own the revenue.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-from service.report_commands import report_app  # noqa: E402  (it imports service.cli lazily)
-
 app.add_typer(report_app, name="report")
 console = Console()
 err = Console(stderr=True)
@@ -52,6 +52,32 @@ def _settings(config: Path | None, data_dir: Path | None, **extra: object) -> Se
     except Exception as e:
         err.print(f"[red]settings:[/red] {e}")
         raise typer.Exit(2) from None
+
+
+def time_window(
+    since: tuple[str, str | None], until: tuple[str, str | None]
+) -> tuple[datetime | None, datetime | None]:
+    """Two (option name, text) bounds parsed as dates or ISO times (UTC unless they name an
+    offset); a bad one, or an `until` not after `since`, exits 2 naming the option."""
+    from rich.markup import escape
+
+    from service.replay import parse_time
+
+    parsed: list[datetime | None] = []
+    for option, text in (since, until):
+        try:
+            parsed.append(None if text is None else parse_time(text))
+        except ValueError as e:
+            err.print(f"[red]{option}:[/red] {escape(str(e))}")
+            raise typer.Exit(2) from None
+    low, high = parsed
+    if low is not None and high is not None and low >= high:
+        err.print(
+            f"[red]{until[0]}:[/red] {escape(str(until[1]))} is not after {since[0]} "
+            f"{escape(str(since[1]))}"
+        )
+        raise typer.Exit(2)
+    return low, high
 
 
 @app.command()
@@ -617,20 +643,9 @@ def audit_replay(
 
     from audit.errors import AuditError, AuditLocked
     from service.registry import Registry
-    from service.replay import ABSENT, DecisionLog, parse_time, replay_records
+    from service.replay import ABSENT, DecisionLog, replay_records
 
-    bounds = {}
-    for option, text in (("--from", since), ("--to", until)):
-        if text is not None:
-            try:
-                bounds[option] = parse_time(text)
-            except ValueError as e:
-                err.print(f"[red]{option}:[/red] {escape(str(e))}")
-                raise typer.Exit(2) from None
-    start, end = bounds.get("--from"), bounds.get("--to")
-    if start is not None and end is not None and start >= end:
-        err.print(f"[red]--to:[/red] {until} is not after --from {since}")
-        raise typer.Exit(2)
+    start, end = time_window(("--from", since), ("--to", until))
     if db is not None and export is not None:
         err.print("[red]--db, --export:[/red] give one of them, not both")
         raise typer.Exit(2)
@@ -851,6 +866,7 @@ def _load_catalog_or_exit(path: Path) -> Catalog:
 # The proof commands live beside the ones above, in their own module; importing it registers them.
 from service import audit_commands as _audit_commands  # noqa: E402, F401
 from service import model_commands as _model_commands  # noqa: E402, F401
+from service import report_commands as _report_commands  # noqa: E402, F401
 
 if __name__ == "__main__":
     # Run as a module, this file is __main__ while audit_commands registered its commands on

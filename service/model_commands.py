@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import io
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,28 +17,19 @@ import typer
 from rich.table import Table
 
 from audit.errors import AuditError, AuditLocked
-from service.cli import ConfigOpt, DataDirOpt, _settings, app, console, err
+from service.cli import ConfigOpt, DataDirOpt, _settings, app, console, err, time_window
 from service.errors import ModelError
 from service.settings import Settings
 
 SinceOpt = Annotated[str | None, typer.Option(help="Decisions from this date or time (UTC).")]
 UntilOpt = Annotated[str | None, typer.Option(help="Decisions before this date or time (UTC).")]
+WithHistoryOpt = Annotated[
+    bool, typer.Option(help="Also value on the bootstrap history (the old process's logs).")
+]
 AuditOpt = Annotated[
     Path | None,
     typer.Option(help="The audit log or an export of it (default: the data dir's log)."),
 ]
-
-
-def _time(text: str | None, name: str) -> datetime | None:
-    from service.replay import parse_time
-
-    if text is None:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError as e:
-        err.print(f"[red]--{name}:[/red] {e}")
-        raise typer.Exit(2) from None
 
 
 def readable_log(settings: Settings, audit: Path | None) -> Path:
@@ -128,7 +118,7 @@ def train_from_audit(
     except ModelError as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
-    start, end = _time(since, "since"), _time(until, "until")
+    start, end = time_window(("--since", since), ("--until", until))
     try:
         path = readable_log(settings, audit)
         with console.status("reading logged decisions, outcomes and conversions…"):
@@ -252,7 +242,7 @@ def _evaluate(
     from service.registry import Registry
 
     registry = Registry(settings.registry_dir)
-    start, end = _time(since, "since"), _time(until, "until")
+    start, end = time_window(("--since", since), ("--until", until))
     try:
         path = readable_log(settings, audit)
         with console.status("valuing the candidate and the live model on logged decisions…"):
@@ -331,10 +321,7 @@ def evaluate(
     audit: AuditOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    with_history: Annotated[
-        bool,
-        typer.Option(help="Also value on the bootstrap history (the old process's logs)."),
-    ] = False,
+    with_history: WithHistoryOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
 ) -> None:
     """Off-policy value of a candidate model against the live one, on logged traffic."""
@@ -356,10 +343,7 @@ def promote(
     audit: AuditOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    with_history: Annotated[
-        bool,
-        typer.Option(help="Also value on the bootstrap history (the old process's logs)."),
-    ] = False,
+    with_history: WithHistoryOpt = False,
     force: Annotated[
         str | None,
         typer.Option(

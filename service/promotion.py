@@ -36,26 +36,28 @@ class Latency:
     explain_p99: float
 
 
-def measure_latency(
+def model_work_ms(
     models: Models, logged: Logged, *, sample: int = 300, repeats: int = 3
-) -> Latency:
-    """Time scoring every candidate of a logged decision with both models, and exact SHAP of
-    one candidate, as decide() does, on up to `sample` decisions that had candidates.
+) -> tuple[list[float], list[float], list[int]]:
+    """(scoring ms, SHAP ms, candidates) per logged decision with candidates, on up to `sample`
+    of them (a seeded choice): both CatBoost batches as decide() makes them (the ranker on every
+    offer × variant, the organic model on one row per offer) and exact SHAP of one candidate.
 
     Each decision is timed `repeats` times and its fastest run kept: on a shared machine a
     single run measures the neighbours as much as the model (one p99 of single runs came out
     at 289 ms while a benchmark ran beside it), and a model's cost does not vary between runs
-    of the same input.
+    of the same input. scripts/bench.py measures its floors with this too.
     """
     with_rows = np.unique(logged.row_decision)
     if len(with_rows) == 0:
         raise ValueError("no logged decision had candidates to score")
     rng = np.random.default_rng(0)
-    picked = rng.choice(with_rows, min(sample, len(with_rows)), replace=False)
-    score, explain = [], []
+    picked = np.sort(rng.choice(with_rows, min(sample, len(with_rows)), replace=False))
+    score, shap, candidates = [], [], []
     for d in picked:
         rows = np.flatnonzero(logged.row_decision == d)
-        ranker, organic = logged.X_ranker[rows], logged.X_organic[rows]
+        _, first = np.unique(logged.offer_id[rows], return_index=True)
+        ranker, organic = logged.X_ranker[rows], logged.X_organic[rows[np.sort(first)]]
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -65,7 +67,14 @@ def measure_latency(
             models.explain(ranker[0])
             runs.append((t1 - t0, time.perf_counter() - t1))
         score.append(min(r[0] for r in runs) * 1000)
-        explain.append(min(r[1] for r in runs) * 1000)
+        shap.append(min(r[1] for r in runs) * 1000)
+        candidates.append(len(rows))
+    return score, shap, candidates
+
+
+def measure_latency(models: Models, logged: Logged, *, sample: int = 300) -> Latency:
+    """The gate's summary of model_work_ms: p50 and p99 of scoring and of exact SHAP."""
+    score, explain, _ = model_work_ms(models, logged, sample=sample)
     return Latency(
         len(score),
         statistics.median(score),

@@ -18,28 +18,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from service.catalog import currency_exponent
+from service.cli import (
+    ConfigOpt,
+    DataDirOpt,
+    _settings,
+    console,
+    err,
+    report_app,
+    time_window,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from service.lift import Estimate, LiftReport
 
-report_app = typer.Typer(help="Reports for the people who own the revenue.", no_args_is_help=True)
-
-# The same options as service.cli's ConfigOpt and DataDirOpt. service.cli imports this module
-# before it defines them, so they are spelled out here rather than imported.
-_ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Settings YAML file.", exists=True, dir_okay=False)
-]
-_DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (default ./var).")
-]
-
 
 @report_app.command("lift")
 def lift(
-    config: _ConfigOpt = None,
-    data_dir: _DataDirOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
     audit: Annotated[
         Path | None,
         typer.Option(
@@ -79,25 +77,12 @@ def lift(
     from rich.markup import escape
 
     from audit.errors import AuditError, AuditLocked
-    from service.cli import _settings, console, err
     from service.lift import LiftError, lift_report
-    from service.replay import parse_time
 
     if fmt not in ("text", "json"):
         err.print(f"[red]--format:[/red] {escape(fmt)!r} is not text or json")
         raise typer.Exit(2)
-    bounds: dict[str, datetime | None] = {"--since": None, "--until": None}
-    for option, text in (("--since", since), ("--until", until)):
-        if text is not None:
-            try:
-                bounds[option] = parse_time(text)
-            except ValueError as e:
-                err.print(f"[red]{option}:[/red] {escape(str(e))}")
-                raise typer.Exit(2) from None
-    low, high = bounds["--since"], bounds["--until"]
-    if low is not None and high is not None and low >= high:
-        err.print(f"[red]--until:[/red] {escape(str(until))} is not after --since {since}")
-        raise typer.Exit(2)
+    low, high = time_window(("--since", since), ("--until", until))
     settings = _settings(config, data_dir)
     path = audit or settings.audit_path
     if not path.exists():

@@ -6,27 +6,17 @@ latency: the machine is shared, and the benchmark reports, it does not assert.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+from script_loader import load_script
 
 
 def _load() -> ModuleType:
-    sys.path.insert(0, str(SCRIPTS))  # bench.py imports bench_service from beside it
-    spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 @pytest.fixture(scope="module")

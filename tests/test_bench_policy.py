@@ -7,8 +7,6 @@ and is not played here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -16,23 +14,18 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from script_loader import load_script
 
 from service.arbitration import Scored
 from service.catalog import Catalog
 from service.ranker import Models
 from service.simulator import World, load_history
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_policy.py"
 TICKETS = 400
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_policy", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_policy")
 
 
 @pytest.fixture(scope="module")

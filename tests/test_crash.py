@@ -5,9 +5,7 @@ left in a state that does not replay is not served, and not deleted.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
+from script_loader import load_script
 from test_audit_recovery import crash_after, sha256
 
 from audit.recovery import QUARANTINE_DIR, wal_path
@@ -23,16 +22,9 @@ from audit.store import AuditStore
 from service.server import SERVICE_NAME, start
 from service.settings import Settings
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak_kill9.py"
-
 
 def _soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak_kill9", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("soak_kill9")
 
 
 @pytest.mark.slow
