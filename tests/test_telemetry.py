@@ -44,8 +44,12 @@ def _decide(
 
 
 def test_nothing_is_exported_by_default(data_dir: Path, world: World) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+
     with serving(data_dir) as running:
         assert running.telemetry is not None and running.telemetry.endpoint is None
+        # No reader, no exporter: the instruments record into nothing.
+        assert isinstance(running.telemetry.meter_provider, NoOpMeterProvider)
         replies = _decide(running, world, 3, data_dir)
     assert all(len(r.trace_id) == 32 for r in replies)  # trace ids are made all the same
 
