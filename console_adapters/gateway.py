@@ -559,12 +559,19 @@ def create_app(settings: GatewaySettings) -> Starlette:
         return JSONResponse(recommendation(document, outcome_token(key_bytes, answer.decision_id)))
 
     async def feedback(request: Request) -> JSONResponse:
-        """For the Accept flow (and the reaction of a Reject): ExternalId back, recorded."""
+        """For the reaction flow (Accept; Reject too when the component launches the flow on
+        rejection): the Recommendation's ExternalId back, recorded. A flow that has only the
+        case (`recordId`) may send case_id instead: the case's latest decision, which is the
+        one the component showed; the bearer token already proves the caller is Salesforce."""
         try:
             api_caller(request)
             body = json_object(await _body(request, settings.max_body_bytes))
-            decision_id, _, token = text(body, "external_id").partition(".")
-            if not hmac.compare_digest(outcome_token(key_bytes, decision_id), token):
+            external = text(body, "external_id", required=False)
+            case_id = text(body, "case_id", required=False)
+            if not external and not case_id:
+                raise Rejected(400, "external_id", "required (or case_id)")
+            decision_id, _, token = external.partition(".")
+            if external and not hmac.compare_digest(outcome_token(key_bytes, decision_id), token):
                 raise Rejected(401, "external_id", "not a decision this gateway handed out")
             reaction = text(body, "reaction").lower()
             if reaction not in ("accepted", "rejected"):
@@ -573,6 +580,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
             if reaction == "rejected":
                 reason = text(body, "decline_reason", required=False) or "other"
                 click = {**click, "outcome": "declined", "decline_reason": reason}
+        except Rejected as exc:
+            return _error(exc.status, exc.field, exc.problem)
+        if not external:
+            ticket = pb.TicketRef(helpdesk="salesforce", ticket_id=case_id)
+            found = await _call(
+                state["stub"].GetDecision, pb.GetDecisionRequest(ticket=ticket), settings
+            )
+            if isinstance(found, Failure):
+                return found.response()
+            decision_id = found.decision_id
+        try:
             call = _outcome_request(click, decision_id)
         except Rejected as exc:
             return _error(exc.status, exc.field, exc.problem)
