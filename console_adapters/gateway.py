@@ -7,6 +7,10 @@ deadline. Only once the service answered (the decision is durable) does the help
 a service that is down or slow gives 503 with Retry-After, so the helpdesk retries and nothing
 is acknowledged that was not recorded. Retries carry the same request key: same decision.
 
+Zendesk's sidebar can also be a signed-URL app: Zendesk POSTs a ZAF JWT to /zendesk/sidebar,
+the gateway verifies it with the app's public key and serves the sidebar page with its own
+short-lived session token, which the page's lookups carry instead of a secure app setting.
+
 The outcome endpoint takes the agent's Accept/Decline with the decision's outcome token, an
 HMAC of the decision id under the gateway's key, handed out only with the decision: nobody
 can post an outcome for a decision they were not shown. The same token opens the agent's card
@@ -27,10 +31,10 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import grpc
 import yaml
@@ -38,11 +42,11 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -59,17 +63,22 @@ from console_adapters.intercom import (
 )
 from console_adapters.salesforce import ACK, SalesforceAdapter, recommendation
 from console_adapters.servicenow import ServiceNowAdapter
-from console_adapters.zendesk import ZendeskAdapter
+from console_adapters.zendesk import SignedUrls, ZendeskAdapter, public_key
 
 log = logging.getLogger("offerdesk.gateway")
 
 #: helpdesks whose own apps may look a decision up (/lookup/<name>), authenticated as their
 #: webhooks are: a request their app can make (ServiceNow's script signs; Freshdesk's app
-#: sends the token from its secure settings). Zendesk's sidebar uses its own app token
-#: (zendesk.app_token) instead: its webhooks are signed with a secret no app should hold.
+#: sends the token from its secure installation parameter). Zendesk's sidebar uses its own
+#: app token (zendesk.app_token) or a signed-URL session instead: its webhooks are signed with
+#: a secret no app should hold.
 LOOKUP = frozenset({"freshdesk", "servicenow"})
 #: the agent's card page: plain HTML, CSS and JS, served as they are (no build step)
 CARD_DIR = Path(__file__).resolve().parent / "card"
+#: the Zendesk sidebar page: packaged in the app (app token), or served here (signed URLs)
+ZENDESK_SIDEBAR = Path(__file__).resolve().parent / "zendesk_app" / "assets" / "iframe.html"
+#: where the signed-URL sidebar page gets its session token (empty in the packaged app)
+_SESSION_META = '<meta name="offerdesk-session" content="">'
 
 #: gRPC codes that mean "try again later": the helpdesk gets 503 with Retry-After
 _RETRY = {
@@ -108,6 +117,51 @@ class ZendeskSettings(_HelpdeskSettings):
     #: the sidebar app's token (a secure app setting Zendesk's proxy adds as a bearer token
     #: to /lookup/zendesk); unset: no sidebar lookups
     app_token: SecretStr | None = Field(default=None, min_length=32)
+    #: signed URLs (manifest `signedUrls: true`): the app's RSA public key, as PEM text or the
+    #: path of a PEM file (read at start); unset: no signed sidebar
+    app_public_key: str | None = None
+    #: the ZAF JWT's audience, the installation's URL:
+    #: https://<subdomain>.zendesk.com/api/v2/apps/installations/<installation id>.json
+    app_audience: str | None = Field(
+        default=None, pattern=r"^https://[^/\s]+/api/v2/apps/installations/\d+\.json$"
+    )
+    #: lifetime of the gateway's own sidebar session (signed URLs); the page must be reopened
+    #: after it for a new lookup (the card's Accept/Decline use the outcome token instead)
+    session_ttl_seconds: int = Field(default=1800, ge=60, le=86400)
+
+    @field_validator("app_public_key")
+    @classmethod
+    def _pem(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        text = v
+        if not v.lstrip().startswith("-----BEGIN"):
+            try:
+                text = Path(v).read_text()
+            except OSError as e:
+                raise ValueError(
+                    f"neither PEM text nor a readable file: {v}: {e.strerror}"
+                ) from None
+        public_key(text)  # ValueError saying what is wrong, under this field's name
+        return text
+
+    @model_validator(mode="after")
+    def _signed_urls_pair(self) -> ZendeskSettings:
+        if (self.app_public_key is None) != (self.app_audience is None):
+            raise ValueError("app_public_key and app_audience go together (signed URLs)")
+        return self
+
+    def signed_urls(self, gateway_key: bytes) -> SignedUrls | None:
+        """The signed-URL sidebar, its sessions keyed by a key derived from the gateway's."""
+        if self.app_public_key is None or self.app_audience is None:
+            return None
+        session_key = hmac.new(gateway_key, b"zendesk-sidebar-session", hashlib.sha256).digest()
+        return SignedUrls(
+            public_key(self.app_public_key),
+            self.app_audience,
+            session_key,
+            session_ttl=timedelta(seconds=self.session_ttl_seconds),
+        )
 
 
 class FreshdeskSettings(_HelpdeskSettings):
@@ -378,21 +432,35 @@ def create_app(settings: GatewaySettings) -> Starlette:
         else {}
     )
 
+    signed = settings.zendesk.signed_urls(key_bytes) if settings.zendesk is not None else None
+
+    def sidebar_caller(helpdesk: str, request: Request) -> None:
+        """A sidebar's bearer token: the app's token (added by the helpdesk's proxy), or a live
+        session this gateway issued to a signed-URL sidebar page (Zendesk)."""
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        app_token = lookup_tokens.get(helpdesk)
+        if app_token is not None and hmac.compare_digest(app_token, given.encode()):
+            return
+        if helpdesk == "zendesk" and signed is not None and given.count(".") == 2:
+            signed.check_session(given)
+            return
+        what = f"the {helpdesk} app's token" if app_token is not None else "a sidebar session"
+        raise Rejected(401, "authorization", f"not {what}")
+
     async def lookup(request: Request) -> JSONResponse:
         """For a helpdesk-side app (ServiceNow's Recommended Actions script, a sidebar): the
         latest decision for a ticket, authenticated as the helpdesk's webhooks are, or by the
-        sidebar app's token that the helpdesk's proxy adds (Zendesk). It never decides."""
+        sidebar app's token that the helpdesk's proxy adds, or by a signed-URL sidebar's
+        session (Zendesk). It never decides."""
         helpdesk = request.path_params["helpdesk"]
         adapter = adapters.get(helpdesk)
-        app_token = lookup_tokens.get(helpdesk)
-        if adapter is None or (helpdesk not in LOOKUP and app_token is None):
+        sidebar = helpdesk in lookup_tokens or (helpdesk == "zendesk" and signed is not None)
+        if adapter is None or (helpdesk not in LOOKUP and not sidebar):
             return _error(404, "helpdesk", f"no lookup for {helpdesk!r}")
         try:
             body = await _body(request, settings.max_body_bytes)
-            if app_token is not None:  # a sidebar app's token, added by the helpdesk's proxy
-                given = request.headers.get("authorization", "").removeprefix("Bearer ")
-                if not hmac.compare_digest(app_token, given.strip().encode()):
-                    raise Rejected(401, "authorization", f"not the {helpdesk} app's token")
+            if sidebar:
+                sidebar_caller(helpdesk, request)
             else:
                 adapter.verify(_lower(request.headers), body, datetime.now(UTC))
             query = json_object(body)
@@ -408,6 +476,21 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 return JSONResponse({"decision": None}, status_code=404)
             return answer.response()
         return JSONResponse({"decision": shown(answer, agent)})
+
+    async def zendesk_sidebar(request: Request) -> Response:
+        """Signed URLs: Zendesk POSTs the ZAF JWT (form field `token`) with the sidebar's first
+        request. A verified one gets the sidebar page with a session token of ours in it."""
+        assert signed is not None
+        try:
+            body = await _body(request, settings.max_body_bytes)
+            form = parse_qs(body.decode("utf-8", errors="replace"))
+            claims = signed.verify(form.get("token", [""])[0])
+        except Rejected as exc:
+            log.info("zendesk signed sidebar refused (%d): %s", exc.status, exc)
+            return _error(exc.status, exc.field, exc.problem)
+        session = signed.session(claims, datetime.now(UTC))
+        page = sidebar_page.replace(_SESSION_META[:-2], _SESSION_META[:-2] + session, 1)
+        return HTMLResponse(page, headers={"cache-control": "no-store"})
 
     async def outcome(request: Request) -> JSONResponse:
         try:
@@ -634,9 +717,16 @@ def create_app(settings: GatewaySettings) -> Starlette:
         if salesforce is not None
         else []
     )
+    sidebar_page = ZENDESK_SIDEBAR.read_text() if signed is not None else ""
+    if signed is not None and _SESSION_META not in sidebar_page:
+        raise ValueError(f"{ZENDESK_SIDEBAR}: no {_SESSION_META} for the session token")
+    signed_routes = (
+        [Route("/zendesk/sidebar", zendesk_sidebar, methods=["POST"])] if signed is not None else []
+    )
     return Starlette(
         routes=[
             *canvas_routes,
+            *signed_routes,
             *salesforce_routes,
             Route("/webhooks/{helpdesk}", webhook, methods=["POST"]),
             Route("/outcomes", outcome, methods=["POST"]),
