@@ -53,6 +53,10 @@ COLUMNS = ("seq", "kind", "recorded_at", "subject", "ref", "record", "prev_hash"
 # A plain append-only table: DuckDB's known WAL-replay failures involve index DDL, and
 # nothing here needs an index (the hot path only appends; reads are cold scans).
 # recorded_at is naive UTC; `record` is the canonical JSON text exactly as hashed.
+# `record` is zstd-compressed. Measured on 8,800 records from a service run, against DuckDB's own
+# choice: the file is 2.8x smaller, and checkpoints, which stall every commit while they run, are
+# 2-3x shorter; scans are about 20% slower (docs/operations.md#checkpoints). Logs created
+# before keep DuckDB's choice.
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
   seq BIGINT NOT NULL,
@@ -60,7 +64,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
   recorded_at TIMESTAMP NOT NULL,
   subject VARCHAR,
   ref VARCHAR,
-  record VARCHAR NOT NULL,
+  record VARCHAR NOT NULL USING COMPRESSION zstd,
   prev_hash BLOB NOT NULL,
   hash BLOB NOT NULL
 )"""

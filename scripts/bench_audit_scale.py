@@ -19,6 +19,7 @@ next. Two record mixes:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ from build_big_log import build
 
 from audit.checkpoint import Checkpoint, CheckpointLog, KeyRing, sign
 from audit.merkle import Frontier, inclusion_proof
-from audit.store import AuditStore
+from audit.store import SCHEMA, AuditStore
 from audit.verify import verify_file
 from audit.why import why
 
@@ -93,7 +94,11 @@ class _ServiceMix(build_big_log._Builder):
 
 
 def prepare(directory: Path, records: int, mix: str) -> tuple[Path, list[Checkpoint]]:
+    # The schema is part of the name: a log cached under an older one is not what a fresh
+    # service writes (e.g. the record column's compression).
+    tag = hashlib.sha256(SCHEMA.encode()).hexdigest()[:8]
     name = f"log-{records}" if mix == "builder" else f"log-{mix}-{records}"
+    name = f"{name}-{tag}"
     path = directory / f"{name}.duckdb"
     checkpoints = directory / f"{name}.checkpoints.jsonl"
     keys = KeyRing.open(directory / "keys", "offerdesk.bench/log")
