@@ -88,7 +88,9 @@ class DecisionWhy:
     greedy: str
     policy_action: str
     card: Mapping[str, Any] | None  # offer, variant, prices, firing rule, reasons, SHAP
-    actions: Sequence[Mapping[str, Any]]  # every candidate with its scores, plus no_offer
+    #: every candidate with its scores, plus no_offer; past 64 candidates the highest-valued,
+    #: the rest counted in actions_omitted (named by reference in the record: docs/audit-format.md)
+    actions: Sequence[Mapping[str, Any]]
     why_not: Sequence[Mapping[str, Any]]
     rule_errors: Sequence[Mapping[str, Any]]
     inputs: Mapping[str, Any]  # the feature snapshot decide() read
@@ -98,6 +100,7 @@ class DecisionWhy:
     trace_id: str
     agent_id: str
     helpdesk: str
+    actions_omitted: int = 0
     outcome: OutcomeSeen | None = None
     conversions: tuple[ConversionSeen, ...] = field(default=())
 
@@ -146,6 +149,7 @@ class DecisionWhy:
             "reasons": list(self.reasons),
             "card": self.card,
             "actions": list(self.actions),
+            "actions_omitted": self.actions_omitted,
             "why_not": list(self.why_not),
             "rule_errors": list(self.rule_errors),
             "inputs": self.inputs,
@@ -322,6 +326,7 @@ def _decision(seq: int, at: datetime, envelope: Mapping[str, Any]) -> DecisionWh
         trace_id=b["trace_id"],
         agent_id=b["agent_id"],
         helpdesk=b["helpdesk"],
+        actions_omitted=int(b.get("actions_omitted", {}).get("count", 0)),
     )
 
 

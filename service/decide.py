@@ -9,7 +9,8 @@ file, a database or the network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -47,6 +48,10 @@ AGENT_MESSAGES = {
 }
 #: CONTACT_LIMIT during the pause after an erasure: true, and says nothing about the erasure
 PAUSED_MESSAGE = "No offer: offers to this customer are paused for now."
+#: Candidates logged in full (``actions``); past this, the rest by reference (``actions_omitted``,
+#: see logged_actions), so a record stays bounded however many candidates a catalog yields.
+#: 64 keeps every candidate of a 20-offer × 3-variant catalog, as records always have.
+ACTIONS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class Decision:
         probs = dict(arb.probabilities) if arb else {NO_OFFER: 1.0}
         # Bounded however large the catalog: the entries worth reading, the rest counted.
         why, omitted = cap(self.why_not)
+        kept, by_reference = _bounded_actions(self.scored, arb, catalog)
         record = {
             "group": self.group,
             "kind": self.kind,
@@ -133,25 +139,7 @@ class Decision:
             "policy_action": arb.chosen if arb else NO_OFFER,
             "explored": bool(arb and arb.explored),
             "propensity": arb.propensity if arb else 1.0,
-            "actions": [
-                {
-                    "action": s.key,
-                    "p_accept": s.p_accept,
-                    "p_anyway": s.p_anyway,
-                    "value": s.value,
-                    "probability": probs[s.key],
-                }
-                for s in self.scored
-            ]
-            + [
-                {
-                    "action": NO_OFFER,
-                    "p_accept": None,
-                    "p_anyway": None,
-                    "value": None,
-                    "probability": probs[NO_OFFER],
-                }
-            ],
+            "actions": [_action(s, s.key, probs) for s in kept] + [_action(None, NO_OFFER, probs)],
             "contact": dict(self.contact),
             "card": None if self.card is None else _card_record(self.card, catalog),
             "why_not": [
@@ -168,7 +156,88 @@ class Decision:
         }
         if omitted:  # only then: records of smaller catalogs stay as they were
             record["why_not_omitted"] = dict(omitted)
+        if by_reference is not None:
+            record["actions_omitted"] = by_reference
         return record
+
+
+def _action(s: Scored | None, key: str, probs: Mapping[str, float]) -> dict[str, Any]:
+    return {
+        "action": key,
+        "p_accept": None if s is None else s.p_accept,
+        "p_anyway": None if s is None else s.p_anyway,
+        "value": None if s is None else s.value,
+        "probability": probs[key],
+    }
+
+
+def _bounded_actions(
+    scored: Sequence[Scored], arb: Arbitration | None, catalog: Catalog
+) -> tuple[Sequence[Scored], dict[str, Any] | None]:
+    """The candidates logged in full, and the rest by reference (None when there is no rest).
+
+    Kept: the greedy and the chosen action, then the highest values, up to ACTIONS_KEPT with
+    NO_OFFER, in catalog order. The rest are named by two bitmaps over the catalog's offer ×
+    variant order (the record's catalog version fixes it): which were candidates, and which of
+    them were worth the floor. Under the policy (service.arbitration) each of the latter had
+    probability ``share`` and the others 0; their scores come back by replay.
+    """
+    if len(scored) < ACTIONS_KEPT:
+        return scored, None
+    assert arb is not None  # candidates are only scored on the way to arbitration
+    first = {arb.greedy, arb.chosen}
+    ranked = sorted(
+        range(len(scored)), key=lambda i: (scored[i].key not in first, -scored[i].value)
+    )
+    keep = set(ranked[: ACTIONS_KEPT - 1])
+    probs = dict(arb.probabilities)
+    rest = [s for i, s in enumerate(scored) if i not in keep]
+    worth = [s for s in rest if probs[s.key] > 0.0]
+    return [s for i, s in enumerate(scored) if i in keep], {
+        "count": len(rest),
+        "candidates": _bitmap(catalog, rest),
+        "above_floor": _bitmap(catalog, worth),
+        "share": probs[worth[0].key] if worth else 0.0,
+    }
+
+
+def _catalog_actions(catalog: Catalog) -> list[str]:
+    return [action_key(o.id, v.id) for o in catalog.offers for v in o.variants]
+
+
+def _bitmap(catalog: Catalog, chosen: Sequence[Scored]) -> str:
+    index = {key: i for i, key in enumerate(_catalog_actions(catalog))}
+    bits = bytearray((len(index) + 7) // 8)
+    for s in chosen:
+        i = index[s.key]
+        bits[i // 8] |= 0x80 >> (i % 8)
+    return base64.b64encode(bytes(bits)).decode("ascii")
+
+
+def logged_actions(body: Mapping[str, Any], catalog: Catalog) -> list[dict[str, Any]]:
+    """Every candidate of a logged decision with its probability, those logged by reference
+    included (their scores are None: replay recomputes them). ``catalog`` must be the record's
+    catalog version; raises ValueError otherwise."""
+    actions = list(body["actions"])
+    omitted = body.get("actions_omitted")
+    if omitted is None:
+        return actions
+    if body["catalog_version"] != catalog.version:
+        raise ValueError(
+            f"decision {body['decision_id']} names candidates by catalog "
+            f"{body['catalog_version']}, not {catalog.version}"
+        )
+    logged = {a["action"]: a for a in actions}
+    candidates = base64.b64decode(omitted["candidates"])
+    worth = base64.b64decode(omitted["above_floor"])
+    out = []
+    for i, key in enumerate(_catalog_actions(catalog)):  # the order decide() scores them in
+        if key in logged:
+            out.append(logged[key])
+        elif candidates[i // 8] & (0x80 >> (i % 8)):
+            above = worth[i // 8] & (0x80 >> (i % 8))
+            out.append(_action(None, key, {key: omitted["share"] if above else 0.0}))
+    return [*out, logged[NO_OFFER]]
 
 
 def _card_record(card: Card, catalog: Catalog) -> dict[str, Any]:

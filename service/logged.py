@@ -24,6 +24,7 @@ import numpy as np
 
 from service.arbitration import NO_OFFER, Arbitration, Scored, arbitrate, incremental_value
 from service.catalog import Catalog
+from service.decide import logged_actions
 from service.features import ORGANIC_FEATURES, RANKER_FEATURES, build_matrix
 from service.ranker import Models
 
@@ -338,10 +339,11 @@ def from_audit(
         customer = inputs["customer"]
         if customer is None:  # unknown customer: no candidates, but a decision all the same
             customer = {}
-        probs = {a["action"]: a["probability"] for a in b["actions"]}
+        actions = logged_actions(b, catalog)  # those logged by reference too
+        probs = {a["action"]: a["probability"] for a in actions}
         candidates = [
             (*a["action"].split("/", 1), a["probability"])
-            for a in b["actions"]
+            for a in actions
             if a["action"] != NO_OFFER
         ]
         chosen = None

@@ -337,3 +337,44 @@ def test_why_not_stays_bounded_in_a_catalog_of_a_hundred_offers(
             assert max(dropped) <= min(kept_values)
         seen_omitted += bool(omitted)
     assert seen_omitted > 0
+
+
+def test_the_record_stays_bounded_and_names_every_candidate_by_reference(
+    models: Models, world: World
+) -> None:
+    import json
+
+    from service.catalog_synth import synthetic_catalog
+    from service.decide import ACTIONS_KEPT, logged_actions
+
+    catalog = parse_catalog(synthetic_catalog(400, 420), "synthetic")
+    by_reference = 0
+    for n, cid in enumerate(sorted(world.profiles)[:30]):
+        ticket = {"category": "access", "product_area": "seats", "channel": "chat",
+                  "reopen_count": 0, "tags": [], "fields": {}}  # fmt: skip
+        # seeds 0..29: some decisions explore, so the chosen action need not be the best
+        at = datetime(2026, 6, 15, tzinfo=UTC)
+        inputs = DecisionInputs(at, n, 0.9, world.view(cid), ticket, ())
+        decision = decide(inputs, models, catalog)
+        record = {**decision.to_record(catalog), "catalog_version": catalog.version,
+                  "decision_id": f"d{n}"}  # fmt: skip
+        full = [s.key for s in decision.scored]
+        probs = dict(decision.arbitration.probabilities) if decision.arbitration else {}
+        assert len(record["actions"]) <= ACTIONS_KEPT
+        if len(full) < ACTIONS_KEPT:
+            assert "actions_omitted" not in record
+            continue
+        by_reference += 1
+        kept = [a["action"] for a in record["actions"]]
+        assert record["greedy"] in kept and record["policy_action"] in kept
+        values = {s.key: s.value for s in decision.scored}
+        # the kept are the highest-valued (besides greedy and chosen, which are always kept)
+        lowest_kept = min(values[k] for k in kept if k != "no_offer")
+        assert all(values[k] <= lowest_kept for k in full if k not in kept)
+        assert len(json.dumps(record)) < 40_000, len(json.dumps(record))
+        # Every candidate comes back, in scoring order, with the probability it was logged with.
+        expanded = logged_actions(record, catalog)
+        assert [a["action"] for a in expanded] == [*full, "no_offer"]
+        assert all(a["probability"] == probs[a["action"]] for a in expanded)
+        assert record["actions_omitted"]["count"] == len(full) - (len(kept) - 1)
+    assert by_reference >= 10
