@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC := protos/offerdesk/v1/offerdesk.proto protos/offerdesk/v1/audit.proto
 PROTO_OUT := protos/offerdesk/v1/offerdesk_pb2.py protos/offerdesk/v1/audit_pb2.py
 
-.PHONY: setup proto browser demo test lint bench bench-policy clean
+.PHONY: setup proto browser demo test lint freshdesk-app bench bench-policy clean
 
 setup: $(STAMP) $(PROTO_OUT)
 
@@ -38,6 +38,11 @@ lint: setup
 	$(VENV)/bin/ruff check service explain audit console_adapters tests
 	$(VENV)/bin/ruff format --check service explain audit console_adapters tests
 	$(VENV)/bin/mypy service explain audit console_adapters
+
+# The Freshdesk sidebar app with the card put in, ready for `fdk pack` in var/freshdesk-app/
+# (docs/adapters/freshdesk.md).
+freshdesk-app:
+	$(PYTHON) scripts/pack_freshdesk_app.py var/freshdesk-app
 
 # Latency, throughput and memory of a real server on loopback, printed against the targets;
 # figures in var/bench/bench.json (docs/operations.md#benchmarks).

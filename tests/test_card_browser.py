@@ -30,6 +30,7 @@ from starlette.routing import Route
 from test_adapters import ZENDESK, ZENDESK_APP_TOKEN, ZENDESK_SIDEBAR, gateway_settings
 from test_server import treated_customers
 
+from audit.records import StoredRecord
 from service.server import Running
 from service.settings import Settings
 from service.simulator import World
@@ -108,6 +109,46 @@ def shot(driver: webdriver.Chrome, name: str) -> Path:
     return path
 
 
+def declines_with_the_keyboard_and_the_log_has_it(
+    driver: webdriver.Chrome, server: Running, decision_id: str, note: str, shots: str
+) -> StoredRecord:
+    """On a card showing an offer: Tab from Accept to Decline, Enter, pick "Too expensive",
+    write ``note``, submit. The card says so and its buttons are off, the service has the
+    decline with its reason (the note stays out of the chain), and the card opened again still
+    says it. Screenshots are named ``<shots>decline`` and ``<shots>recorded``; the outcome's log
+    entry is returned."""
+    driver.find_element(By.ID, "accept").send_keys(Keys.TAB)
+    active = driver.switch_to.active_element
+    assert active.get_attribute("id") == "decline"
+    active.send_keys(Keys.ENTER)
+    wait(driver, "decline-form")
+    assert driver.switch_to.active_element.get_attribute("id") == "decline-reason"
+    Select(driver.find_element(By.ID, "decline-reason")).select_by_value("too_expensive")
+    driver.find_element(By.ID, "decline-note").send_keys(note)
+    shot(driver, f"{shots}decline")
+    driver.find_element(By.CSS_SELECTOR, "#decline-form button[type=submit]").click()
+    WebDriverWait(driver, 10).until(ec.text_to_be_present_in_element((By.ID, "status"), "Recorded"))
+    assert "Too expensive" in driver.find_element(By.ID, "status").text
+    assert driver.find_element(By.ID, "accept").get_attribute("disabled") is not None
+    assert not driver.find_element(By.ID, "decline-form").is_displayed()
+    shot(driver, f"{shots}recorded")
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stored = pb_grpc.OfferDeskStub(channel).GetDecision(
+            pb.GetDecisionRequest(decision_id=decision_id)
+        )
+    assert stored.outcome == pb.DECLINED
+    outcome = server.desk.store.find("outcome", decision_id)
+    assert outcome is not None and outcome.body["decline_reason"] == "too_expensive"
+    assert note not in outcome.record.decode()
+
+    driver.refresh()  # a recorded card stays recorded
+    WebDriverWait(driver, 10).until(
+        ec.text_to_be_present_in_element((By.ID, "status"), "Recorded: declined")
+    )
+    return outcome
+
+
 def test_the_agent_sees_the_offer_and_declines_with_a_reason_and_the_log_has_it(
     browser: webdriver.Chrome, gateway: str, server: Running, world: World, settings: Settings
 ) -> None:
@@ -127,36 +168,8 @@ def test_the_agent_sees_the_offer_and_declines_with_a_reason_and_the_log_has_it(
     assert not browser.find_element(By.ID, "decline-form").is_displayed()
     shot(browser, "offer")
 
-    # Keyboard only: Tab to Decline, Enter, pick a reason, submit.
-    browser.find_element(By.ID, "accept").send_keys(Keys.TAB)
-    active = browser.switch_to.active_element
-    assert active.get_attribute("id") == "decline"
-    active.send_keys(Keys.ENTER)
-    wait(browser, "decline-form")
-    Select(browser.find_element(By.ID, "decline-reason")).select_by_value("too_expensive")
-    browser.find_element(By.ID, "decline-note").send_keys("asked to call back next quarter")
-    shot(browser, "decline")
-    browser.find_element(By.CSS_SELECTOR, "#decline-form button[type=submit]").click()
-    WebDriverWait(browser, 10).until(
-        ec.text_to_be_present_in_element((By.ID, "status"), "Recorded")
-    )
-    assert "Too expensive" in browser.find_element(By.ID, "status").text
-    assert browser.find_element(By.ID, "accept").get_attribute("disabled") is not None
-    assert not browser.find_element(By.ID, "decline-form").is_displayed()
-    shot(browser, "recorded")
-
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stored = pb_grpc.OfferDeskStub(channel).GetDecision(
-            pb.GetDecisionRequest(decision_id=offer["decision_id"])
-        )
-    assert stored.outcome == pb.DECLINED
-    outcome = server.desk.store.find("outcome", offer["decision_id"])
-    assert outcome is not None and outcome.body["decline_reason"] == "too_expensive"
-    assert "call back" not in outcome.record.decode()  # the note stays out of the chain
-
-    browser.refresh()  # a recorded card stays recorded
-    WebDriverWait(browser, 10).until(
-        ec.text_to_be_present_in_element((By.ID, "status"), "Recorded: declined")
+    declines_with_the_keyboard_and_the_log_has_it(
+        browser, server, offer["decision_id"], "asked to call back next quarter", ""
     )
 
 
