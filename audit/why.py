@@ -88,8 +88,9 @@ class DecisionWhy:
     greedy: str
     policy_action: str
     card: Mapping[str, Any] | None  # offer, variant, prices, firing rule, reasons, SHAP
-    #: every candidate with its scores, plus no_offer; past 64 candidates the highest-valued,
-    #: the rest counted in actions_omitted (named by reference in the record: docs/audit-format.md)
+    #: every candidate with its scores, plus no_offer; from 64 candidates on, 63 of them (the
+    #: greedy, the chosen, the highest values), the rest counted in actions_omitted (named by
+    #: reference in the record: docs/decisions.md#candidates-by-reference)
     actions: Sequence[Mapping[str, Any]]
     why_not: Sequence[Mapping[str, Any]]
     rule_errors: Sequence[Mapping[str, Any]]
