@@ -338,8 +338,6 @@ def start(settings: Settings) -> Running:
         if vault is not None:
             vault.close()
         raise
-    # Load shedding: past max_concurrent_rpcs calls in flight (running or queued for a worker),
-    # grpcio answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
     try:
         telemetry = start_telemetry(settings.telemetry)
     except OSError as e:  # the scrape port is taken: say so, and leave nothing open
@@ -354,11 +352,21 @@ def start(settings: Settings) -> Running:
     telemetry.follow_deployment(
         lambda: (desk.deployment.models.version, desk.deployment.catalog.version)
     )
+    # Load shedding: past max_concurrent_rpcs calls in flight (running or queued for a worker),
+    # grpcio answers RESOURCE_EXHAUSTED at once instead of queueing without bound; ShedCounter
+    # counts those calls, which no handler sees.
+    shed = ShedCounter(
+        settings.workers,
+        lambda method: telemetry.refused.add(1, {"reason": "shed", "method": method}),
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers),
-        # A span per call, continuing the caller's trace (W3C traceparent) when it sends one;
-        # each decision records its trace id.
-        interceptors=[server_interceptor(tracer_provider=trace.get_tracer_provider())],
+        shed.pool,
+        interceptors=[
+            shed,
+            # A span per call, continuing the caller's trace (W3C traceparent) when it sends
+            # one; each decision records its trace id.
+            server_interceptor(tracer_provider=trace.get_tracer_provider()),
+        ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     servicer = OfferDeskServicer(desk, telemetry=telemetry)
@@ -440,6 +448,49 @@ def _publishers(settings: Settings) -> list[Publisher]:
             secret = None if spec.secret is None else bytes.fromhex(spec.secret.get_secret_value())
             out.append(WebhookPublisher(spec.url, secret, spec.timeout_seconds))
     return out
+
+
+class _CountingPool(futures.ThreadPoolExecutor):
+    """The server's worker pool, counting what grpcio hands it: one submit per accepted call."""
+
+    submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class ShedCounter(grpc.ServerInterceptor):
+    """Counts the calls grpcio sheds past max_concurrent_rpcs, which no handler ever sees.
+
+    grpcio refuses them with RESOURCE_EXHAUSTED at once, on its polling thread, offering no
+    hook. What it does offer: interceptors run for every call, refused ones included, before
+    it decides; and every call it accepts is submitted to the worker pool once. Both happen
+    on that one thread, under the server's lock, so when a call is intercepted the one before
+    it has been either submitted or shed. A call is therefore counted when the next one
+    arrives (a last shed call before a quiet spell is counted late, never lost or doubled).
+    """
+
+    def __init__(self, workers: int, record: Callable[[str], None]) -> None:
+        self.pool = _CountingPool(max_workers=workers)
+        self._record = record
+        self._previous: tuple[str, int] | None = None  # (method, pool.submitted then)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if self._previous is not None and self._previous[1] == self.pool.submitted:
+            try:
+                self._record(self._previous[0])
+            except Exception as exc:  # metrics never fail a call
+                log.warning("shed call count failed: %s", exc)
+        # An unknown method is answered UNIMPLEMENTED and never submitted: not shed.
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        self._previous = None if handler is None else (method, self.pool.submitted)
+        return handler
 
 
 def _set_health(servicer: health.HealthServicer, status: Any) -> None:

@@ -59,7 +59,7 @@ class Telemetry:
         self.refused = meter.create_counter(
             "offerdesk.refused_calls",
             description="Calls refused before anything was written, by reason "
-            "(deadline: the caller's deadline had passed).",
+            "(deadline: the caller's deadline had passed; shed: past max_concurrent_rpcs).",
         )
         self.audit_batch_rows = meter.create_histogram(
             "offerdesk.audit.batch_rows",

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 
 import grpc
 import pytest
+from adapter_kit import free_port
 from offerdesk.v1 import offerdesk_pb2 as pb
 from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 from test_server import request, treated_customers
+from test_telemetry import samples
 
 from service import validation
 from service.errors import DeadlineExceeded
@@ -23,8 +26,14 @@ from service.simulator import World
 def test_calls_past_the_limit_are_shed_and_every_accepted_one_is_logged(
     world: World, settings: Settings
 ) -> None:
+    scrape = f"127.0.0.1:{free_port()}"
     tight = load_settings(
-        None, data_dir=settings.data_dir, listen="127.0.0.1:0", workers=2, max_concurrent_rpcs=2
+        None,
+        data_dir=settings.data_dir,
+        listen="127.0.0.1:0",
+        workers=2,
+        max_concurrent_rpcs=2,
+        telemetry={"exporter": "prometheus", "prometheus_listen": scrape},
     )
     running = start(tight)
     customers = treated_customers(world, settings)
@@ -67,6 +76,11 @@ def test_calls_past_the_limit_are_shed_and_every_accepted_one_is_logged(
                     assert exc.code() == grpc.StatusCode.NOT_FOUND
                 else:
                     raise AssertionError(f"{key} was shed but decided")
+        # The server counted exactly the calls it shed (counted when the next call arrives:
+        # the GetDecision calls above came after the last of them).
+        text = urllib.request.urlopen(f"http://{scrape}/metrics", timeout=5).read().decode()
+        assert samples(text, "offerdesk_refused_calls_total", 'reason="shed"') == len(shed)
+        assert samples(text, "offerdesk_refused_calls_total", "Decide") == len(shed)
     finally:
         running.stop()
 
