@@ -84,8 +84,12 @@ def test_sigterm_under_load_drains_and_seals_everything(data_dir: Path, world: W
     print(f"drained in {drained:.2f} s; {len(answered)} answered ({before} before SIGTERM)")
     assert code == 0, server.stderr.read() if server.stderr else ""
     assert before > 10 and len(answered) >= before
-    # Calls after the drain began were refused as UNAVAILABLE, nothing else.
-    assert set(refused) <= {grpc.StatusCode.UNAVAILABLE}
+    # Calls after the drain began were refused, nothing else: UNAVAILABLE, or CANCELLED for a
+    # call that reached the server just as it stopped taking calls (gRPC's core closes the
+    # streams it had not handed to a handler; seen in 2 of 8 runs, before and after the shed
+    # counter). Either way the caller was not answered, and a retry with the same request
+    # key is safe: it gets the decision if one was made, and a new one if not.
+    assert set(refused) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     # Every answered decision is in the log: nothing acknowledged was lost.
     con = open_source(data_dir / "audit.duckdb")
     try:
