@@ -180,6 +180,24 @@ def _leaf_shapley(
     return phi, value(frozenset())
 
 
+def catboost_shap(model: catboost.CatBoostClassifier, pool: catboost.Pool) -> np.ndarray:
+    """CatBoost's own exact SHAP values of `pool`, shape (rows, n_features + 1), as served.
+
+    "Regular" is exact TreeSHAP; "Approximate" also adds up but gives other values, and
+    "UsePreCalc" costs ~60x more for a single row (reference/stack-measurements.md §2).
+    """
+    return np.asarray(
+        model.get_feature_importance(
+            type="ShapValues",
+            data=pool,
+            shap_mode="NoPreCalc",
+            shap_calc_type="Regular",
+            thread_count=1,
+            verbose=False,
+        )
+    )
+
+
 def contributions(
     model: catboost.CatBoostClassifier,
     row: np.ndarray,
@@ -214,16 +232,7 @@ def contributions(
             expected=float(table.expected),
             raw=float(raw[0]),
         )
-    # "Regular" is exact TreeSHAP; "Approximate" also adds up but gives other values, and
-    # "UsePreCalc" costs ~60x more for a single row (reference/stack-measurements.md §2).
-    shap = model.get_feature_importance(
-        type="ShapValues",
-        data=pool,
-        shap_mode="NoPreCalc",
-        shap_calc_type="Regular",
-        thread_count=1,
-        verbose=False,
-    )
+    shap = catboost_shap(model, pool)
     if shap.shape != (1, n_features + 1) or np.shape(raw) != (1,):
         # A multiclass model gives (1, classes, n + 1): its "raw score" is not one number.
         raise ValueError(f"model: expected a binary classifier, SHAP shape is {shap.shape}")

@@ -39,7 +39,7 @@ from offerdesk.v1 import offerdesk_pb2_grpc as pb_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_service as bs  # scripts/ is not a package
 
-from explain.contributions import Contributions, ShapTable, contributions
+from explain.contributions import Contributions, ShapTable, catboost_shap, contributions
 from service.catalog import Catalog, parse_catalog
 from service.catalog_synth import synthetic_catalog
 from service.features import RANKER_FEATURES
@@ -495,7 +495,7 @@ def shap_profile(models: Models, ranker_rows: TrainingRows, n: int) -> dict[str,
         t = [time.perf_counter()]
         pool = Pool(np.asarray(row, dtype=object).reshape(1, -1), cat_features=cats)
         t.append(time.perf_counter())
-        shap = _shap_values(model, pool)
+        shap = catboost_shap(model, pool)
         t.append(time.perf_counter())
         raw = model.predict(pool, prediction_type="RawFormulaVal", thread_count=1)
         t.append(time.perf_counter())
@@ -515,23 +515,9 @@ def shap_profile(models: Models, ranker_rows: TrainingRows, n: int) -> dict[str,
     steps[many] = []
     for _ in range(10):
         started = time.perf_counter()
-        _shap_values(model, pool)
+        catboost_shap(model, pool)
         steps[many].append((time.perf_counter() - started) * 1000 / len(batch))
     return {name: bs.latency_summary(ms) for name, ms in steps.items()}
-
-
-def _shap_values(model: CatBoostClassifier, pool: Pool) -> np.ndarray:
-    """The call explain.contributions makes, with the same options."""
-    return np.asarray(
-        model.get_feature_importance(
-            type="ShapValues",
-            data=pool,
-            shap_mode="NoPreCalc",
-            shap_calc_type="Regular",
-            thread_count=1,
-            verbose=False,
-        )
-    )
 
 
 # -- the verdict ------------------------------------------------------------------------------
