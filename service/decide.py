@@ -193,10 +193,11 @@ def _bounded_actions(
     probs = dict(arb.probabilities)
     rest = [s for i, s in enumerate(scored) if i not in keep]
     worth = [s for s in rest if probs[s.key] > 0.0]
+    index = {key: i for i, key in enumerate(_catalog_actions(catalog))}
     return [s for i, s in enumerate(scored) if i in keep], {
         "count": len(rest),
-        "candidates": _bitmap(catalog, rest),
-        "above_floor": _bitmap(catalog, worth),
+        "candidates": _bitmap(index, rest),
+        "above_floor": _bitmap(index, worth),
         "share": probs[worth[0].key] if worth else 0.0,
     }
 
@@ -205,8 +206,7 @@ def _catalog_actions(catalog: Catalog) -> list[str]:
     return [action_key(o.id, v.id) for o in catalog.offers for v in o.variants]
 
 
-def _bitmap(catalog: Catalog, chosen: Sequence[Scored]) -> str:
-    index = {key: i for i, key in enumerate(_catalog_actions(catalog))}
+def _bitmap(index: Mapping[str, int], chosen: Sequence[Scored]) -> str:
     bits = bytearray((len(index) + 7) // 8)
     for s in chosen:
         i = index[s.key]

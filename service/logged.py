@@ -302,6 +302,23 @@ class AuditWindow:
     first: datetime | None
     last: datetime | None
 
+    def document(self) -> dict[str, Any]:
+        """The window as JSON data: on a model card, and in an evaluation."""
+        return {
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "first_decision": _iso(self.first),
+            "last_decision": _iso(self.last),
+            "treated_decisions": self.read,
+            "holdout_skipped": self.holdout,
+            "other_catalog_skipped": self.other_catalog,
+            "offers_without_outcome_skipped": self.without_outcome,
+        }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
 
 def from_audit(
     path: Path,

@@ -132,14 +132,7 @@ def train_from_audit(
     sources: dict[str, Any] = {
         "audit": {
             "log": str(path),
-            "since": None if start is None else start.isoformat(),
-            "until": None if end is None else end.isoformat(),
-            "first_decision": None if window.first is None else window.first.isoformat(),
-            "last_decision": None if window.last is None else window.last.isoformat(),
-            "treated_decisions": window.read,
-            "holdout_skipped": window.holdout,
-            "other_catalog_skipped": window.other_catalog,
-            "offers_without_outcome_skipped": window.without_outcome,
+            **window.document(),
             "ranker_rows": len(ranker_parts[0]),
             "organic_decisions": len(labels),
             "organic_rows": len(organic_parts[0]),
@@ -275,7 +268,7 @@ def _show(evaluation: Any, scale: float) -> None:
     w = doc["window"]
     console.print(
         f"live {doc['live_model']} vs candidate {doc['candidate_model']} on {v['decisions']:,} "
-        f"treated decisions of {v['customers']:,} customers ({w['audit_treated_decisions']:,} "
+        f"treated decisions of {v['customers']:,} customers ({w['treated_decisions']:,} "
         f"from the audit log, {w['history_decisions']:,} from the bootstrap history)"
     )
     table = Table(title="accepted margin per decision (95% CI, clustered by customer)")

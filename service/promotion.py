@@ -126,21 +126,11 @@ class Evaluation:
         return not self.findings
 
     def document(self, scale: float) -> dict[str, Any]:
-        w = self.window
         return {
             "live_model": self.live,
             "candidate_model": self.candidate,
             "catalog": self.catalog,
-            "window": {
-                "since": None if w.since is None else w.since.isoformat(),
-                "until": None if w.until is None else w.until.isoformat(),
-                "first_decision": None if w.first is None else w.first.isoformat(),
-                "last_decision": None if w.last is None else w.last.isoformat(),
-                "audit_treated_decisions": w.read,
-                "holdout_skipped": w.holdout,
-                "other_catalog_skipped": w.other_catalog,
-                "history_decisions": self.history_decisions,
-            },
+            "window": {**self.window.document(), "history_decisions": self.history_decisions},
             "value_per_decision": self.comparison.document(scale),
             "latency_ms": {
                 "candidate": _latency(self.latency),
